@@ -1,0 +1,40 @@
+# fraudstream developer commands. `make up` runs the pipeline; `make test` sets up and tests everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fraudstream
+STAMP := $(VENV)/.installed
+
+.PHONY: up test venv lint format clean model serve tools
+
+up: venv  ## run the whole pipeline locally (Ctrl-C stops it)
+	$(VENV)/bin/fraudstream up
+
+test: venv lint  ## set everything up and run every test
+	$(VENV)/bin/pytest -p no:cacheprovider tests
+
+# The virtualenv is built from the committed lock file; flock keeps parallel runs from racing.
+venv: $(STAMP)
+$(STAMP): requirements.lock pyproject.toml
+	@mkdir -p $(CACHE)
+	flock $(CACHE)/.venv-$(shell pwd | md5sum | cut -c1-8).lock bash -c '\
+	  set -e; \
+	  [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	  [ -x $(UV) ] || $(PY) -m pip install -q uv==0.13.8; \
+	  $(UV) pip sync -q --python $(PY) requirements.lock; \
+	  $(UV) pip install -q --python $(PY) --no-deps -e .; \
+	  touch $(STAMP)'
+
+lint: venv  ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:  ## remove local state (the download cache in ~/.cache/fraudstream is kept)
+	rm -rf $(VENV) .run .pytest_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

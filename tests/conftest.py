@@ -1,0 +1,87 @@
+"""Session-scoped real infrastructure: a Kafka KRaft broker and a PostgreSQL 16 server.
+
+``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` point the tests at existing servers instead.
+Each test gets its own topic names (``topics`` fixture) and its own PostgreSQL schema
+(``pg_url`` fixture, via ``search_path``), so tests are independent and order-free.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from fraudstream.local.kafka import KafkaBroker, MissingToolError
+from fraudstream.local.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="fraudstream-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(session_dir: Path) -> Iterator[KafkaBroker | None]:
+    """The local broker we own (None when KAFKA_BOOTSTRAP_SERVERS names an external one)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
+        return
+    broker = KafkaBroker(session_dir / "kafka")
+    try:
+        broker.start()
+    except MissingToolError as err:
+        pytest.exit(f"cannot start the local Kafka broker: {err}", returncode=3)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker | None) -> str:
+    return kafka_broker.bootstrap if kafka_broker else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server(session_dir: Path) -> Iterator[PostgresServer | None]:
+    """The local PostgreSQL we own (None when DATABASE_URL names an external one)."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
+        return
+    server = PostgresServer(session_dir / "postgres").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer | None) -> str:
+    return postgres_server.url if postgres_server else os.environ["DATABASE_URL"]
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A libpq URL whose search_path is a fresh schema of this test's own."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{sep}options=-csearch_path%3D{schema}"
+    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def topics() -> dict[str, str]:
+    """Topic names unique to this test."""
+    suffix = uuid.uuid4().hex[:10]
+    return {
+        "transactions": f"transactions-{suffix}",
+        "scoring": f"scoring-{suffix}",
+        "dlq": f"transactions.dlq-{suffix}",
+    }
