@@ -1,1 +1,1 @@
-"""Real infrastructure as local processes (Kafka KRaft broker, PostgreSQL 16) for tests and `make up`."""
+"""Real infrastructure as local processes (Kafka KRaft, PostgreSQL 16) for tests and `make up`."""

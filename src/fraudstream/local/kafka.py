@@ -38,7 +38,7 @@ LOG4J2 = """Configuration:
 
 
 class MissingToolError(RuntimeError):
-    """A program the local infrastructure needs is not installed; the message says what to install."""
+    """A program the local infrastructure needs is missing; the message says what to install."""
 
 
 def require_tool(name: str, purpose: str, install_hint: str) -> str:
@@ -174,24 +174,23 @@ class KafkaBroker:
                 check=True,
                 capture_output=True,
             )
-        logfile = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                java,
-                f"-Xmx{self.heap}",
-                "-Xms128m",
-                "-XX:+UseSerialGC",
-                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
-                "-cp",
-                classpath,
-                "kafka.Kafka",
-                str(props),
-            ],
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        logfile.close()
+        with open(self.log_path, "ab") as logfile:
+            self.proc = subprocess.Popen(
+                [
+                    java,
+                    f"-Xmx{self.heap}",
+                    "-Xms128m",
+                    "-XX:+UseSerialGC",
+                    f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(props),
+                ],
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if not wait_for_port("127.0.0.1", self.port, timeout) or not self._answers(timeout):
             tail = self.log_path.read_text(errors="replace")[-2000:]
             self.stop()
