@@ -1,0 +1,130 @@
+"""The data contract: one typed ``Transaction`` (TETA-ML-1-2025 shape), shared by every component.
+
+See the README's data section for the Kaggle column mapping. Personal fields (names, street,
+home coordinates) are inputs for features only: never stored in result tables, never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CATEGORIES: tuple[str, ...] = (
+    "entertainment",
+    "food_dining",
+    "gas_transport",
+    "grocery_net",
+    "grocery_pos",
+    "health_fitness",
+    "home",
+    "kids_pets",
+    "misc_net",
+    "misc_pos",
+    "personal_care",
+    "shopping_net",
+    "shopping_pos",
+    "travel",
+)
+Category = Literal[
+    "entertainment",
+    "food_dining",
+    "gas_transport",
+    "grocery_net",
+    "grocery_pos",
+    "health_fitness",
+    "home",
+    "kids_pets",
+    "misc_net",
+    "misc_pos",
+    "personal_care",
+    "shopping_net",
+    "shopping_pos",
+    "travel",
+]
+
+MAX_AMOUNT = 1_000_000.0
+EARLIEST = datetime(1990, 1, 1)
+LATEST = datetime(2100, 1, 1)
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# Fields that identify a person; never stored in result tables or written to logs.
+PERSONAL_FIELDS: frozenset[str] = frozenset({"name_1", "name_2", "street", "lat", "lon"})
+
+
+class Transaction(BaseModel):
+    """One card transaction in the TETA shape (``target`` present only in labelled data)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    transaction_id: str | None = Field(
+        default=None, max_length=64, description="unique id; generated when absent"
+    )
+    transaction_time: datetime = Field(description="local time, 'YYYY-MM-DD HH:MM:SS'")
+    merch: str = Field(min_length=1, max_length=200, description="merchant name")
+    cat_id: Category = Field(description="spending category (one of 14)")
+    amount: float = Field(gt=0, le=MAX_AMOUNT, description="amount in USD")
+    name_1: str = Field(min_length=1, max_length=100, description="card holder first name")
+    name_2: str = Field(min_length=1, max_length=100, description="card holder last name")
+    gender: Literal["F", "M"]
+    street: str = Field(min_length=1, max_length=200)
+    one_city: str = Field(min_length=1, max_length=200)
+    us_state: str = Field(pattern=r"^[A-Z]{2}$")
+    post_code: int = Field(ge=0, le=99999)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    population_city: int = Field(ge=0)
+    jobs: str = Field(min_length=1, max_length=200)
+    merchant_lat: float = Field(ge=-90, le=90)
+    merchant_lon: float = Field(ge=-180, le=180)
+    target: Literal[0, 1] | None = Field(default=None, description="label; absent when scoring")
+
+    @field_validator("amount", "lat", "lon", "merchant_lat", "merchant_lon")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("transaction_time")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        value = value.replace(tzinfo=None)
+        if not EARLIEST <= value < LATEST:
+            raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+        return value
+
+    @property
+    def card_key(self) -> str:
+        return card_key(self.name_1, self.name_2, self.street)
+
+
+def card_key(name_1: str, name_2: str, street: str) -> str:
+    """Pseudonymous card-holder key: name_1 + name_2 + street, hashed (not personal data)."""
+    raw = f"{name_1}\x1f{name_2}\x1f{street}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+EXAMPLE_TRANSACTION: dict = {
+    "transaction_id": "7f9c2b4e-0000-4000-8000-000000000001",
+    "transaction_time": "2020-06-21 22:41:07",
+    "merch": "fraud_Kirlin and Sons",
+    "cat_id": "shopping_net",
+    "amount": 912.35,
+    "name_1": "Jane",
+    "name_2": "Doe",
+    "gender": "F",
+    "street": "351 Darlene Green",
+    "one_city": "Columbia",
+    "us_state": "SC",
+    "post_code": 29209,
+    "lat": 33.9659,
+    "lon": -80.9355,
+    "population_city": 333497,
+    "jobs": "Mechanical engineer",
+    "merchant_lat": 33.986391,
+    "merchant_lon": -81.200714,
+}
