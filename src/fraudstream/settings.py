@@ -36,6 +36,29 @@ class LogSettings(_Base):
     log_format: str = "json"  # json | text
 
 
+class ScorerSettings(_Base):
+    """The BentoML fraud scorer (``bentos/fraud_scorer``); ``DATABASE_URL`` comes from
+    :class:`DatabaseSettings` (empty = in-memory history store)."""
+
+    # an empty variable (e.g. THRESHOLD="" in a chart) means "use the default"
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_ignore_empty=True)
+
+    # model in the BentoML store (name:version); "latest" = the newest saved version
+    model_tag: str = "fraud-model:latest"
+    # override the decision threshold saved with the model (empty = use the model's own)
+    threshold: float | None = None
+    # most transactions accepted in one POST /score_batch call
+    max_batch_size: int = 1000
+    # adaptive batching of concurrent POST /score calls: most calls in one model call ...
+    adaptive_max_batch_size: int = 256
+    # ... and the latency budget (ms) the batcher may spend waiting to fill a batch
+    adaptive_max_latency_ms: int = 40
+    # HTTP worker processes (each loads its own copy of the model)
+    workers: int = 1
+    # HTTP port
+    port: int = 3000
+
+
 def env_names(*classes: type[BaseSettings]) -> set[str]:
     """Environment variable names a settings class reads (used by chart/env consistency tests)."""
     names: set[str] = set()
@@ -45,3 +68,37 @@ def env_names(*classes: type[BaseSettings]) -> set[str]:
             alias = field.validation_alias or field.alias
             names.add(str(alias).upper() if isinstance(alias, str) else (prefix + name).upper())
     return names
+
+
+class BridgeSettings(_Base):
+    """``fraudstream bridge``: transactions -> scorer ``/score_batch`` -> scoring (+ DLQ)."""
+
+    scorer_url: str = "http://127.0.0.1:3000"
+    scorer_timeout_s: float = 10.0
+    scorer_backoff_max_s: float = 10.0  # retries never stop; the wait between them is capped
+    scorer_max_connections: int = 4
+    bridge_group_id: str = "fraudstream-bridge"
+    bridge_batch_size: int = 500
+    bridge_batch_max_wait_ms: int = 50
+    bridge_commit_interval_ms: int = 1000
+    dlq_max_ratio: float = 0.5  # stop when more than this share of a window goes to the DLQ
+    dlq_window: int = 200  # messages in the window the ratio is measured over
+    metrics_port: int = 9101
+
+
+class WriterSettings(_Base):
+    """``fraudstream writer``: scoring -> PostgreSQL table ``scores``."""
+
+    writer_group_id: str = "fraudstream-writer"
+    writer_batch_size: int = 1000
+    writer_batch_max_wait_ms: int = 50
+    writer_commit_interval_ms: int = 1000
+    db_retry_max_s: float = 10.0  # reconnect/retry backoff cap while PostgreSQL is away
+    metrics_port: int = 9102
+
+
+class ReplaySettings(_Base):
+    """``fraudstream replay``: CSV rows -> topic ``transactions``."""
+
+    replay_rate: float = 50.0  # transactions per second; 0 = as fast as possible
+    metrics_port: int = 0  # 0 = no /metrics endpoint (replay is usually a one-off)
