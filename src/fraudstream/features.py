@@ -1,0 +1,404 @@
+"""Model features: one code path for training, evaluation and serving.
+
+Two kinds of features:
+
+* **stateless** ones, computed from the transaction alone (:func:`stateless_features`, vectorised
+  over a frame of TETA columns);
+* **per-card history** ones, computed causally from the earlier transactions of the same card
+  holder (key = :func:`fraudstream.schema.card_key`) by :class:`CardState`. A state is fed one
+  transaction at a time in time order; :meth:`CardState.step` returns the features of the
+  transaction as seen *before* it and then adds it to the history.
+
+The batch path (:func:`history_features`, used by training and evaluation) and the online path
+(:class:`fraudstream.history.HistoryStore`, used by the scorer) both call ``CardState.step``, so
+train and serve cannot disagree. Times are local times taken as naive timestamps; durations are
+computed in seconds from their microsecond value.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fraudstream.schema import CATEGORIES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+EPOCH = datetime(1970, 1, 1)
+CATEGORY_INDEX: dict[str, int] = {name: i for i, name in enumerate(CATEGORIES)}
+
+STATELESS_FEATURES: tuple[str, ...] = (
+    "amount",
+    "log_amount",
+    "cat_id",
+    "hour",
+    "minute_of_day",
+    "day_of_week",
+    "is_night",
+    "distance_km",
+    "log_city_pop",
+    "gender",
+    "us_state",
+)
+CATEGORICAL_FEATURES: tuple[str, ...] = ("cat_id", "gender", "us_state")
+
+HISTORY_FEATURES: tuple[str, ...] = (
+    "h_n_prev",
+    "h_n_1h",
+    "h_n_24h",
+    "h_n_7d",
+    "h_amt_1h",
+    "h_amt_24h",
+    "h_amt_7d",
+    "h_secs_since_prev",
+    "h_amt_rel_mean",
+    "h_amt_log_z",
+    "h_cat_first",
+    "h_cat_share",
+    "h_cat_amt_rel",
+    "h_merch_first",
+    "h_new_merch_24h",
+    "h_hour_share",
+    "h_night_24h",
+)
+NAN = float("nan")
+
+
+def feature_names(history: bool = True) -> list[str]:
+    return list(STATELESS_FEATURES) + (list(HISTORY_FEATURES) if history else [])
+
+
+def to_seconds(value: datetime) -> float:
+    """Seconds since 1970 of a naive local time (microsecond precision, same as the batch path)."""
+    delta = value.replace(tzinfo=None) - EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return micros / 1e6
+
+
+def merchant_code(name: str) -> int:
+    """Stable small code of a merchant name (Python's ``hash`` differs between processes)."""
+    return zlib.crc32(name.encode())
+
+
+def _is_night(hour: int) -> bool:
+    return hour >= 22 or hour < 4
+
+
+class CardState:
+    """What the system remembers about one card holder: aggregates plus the last 7 days.
+
+    ``step`` must see a card's transactions in time order; a late (out-of-order) transaction is
+    handled: its windows only count transactions before it, the aggregates include everything
+    seen so far.
+    """
+
+    __slots__ = (
+        "n",
+        "sum_amt",
+        "sum_log",
+        "sum_log2",
+        "last_t",
+        "ts",
+        "amts",
+        "flags",
+        "hours",
+        "cat_n",
+        "cat_sum",
+        "merchants",
+    )
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum_amt = 0.0
+        self.sum_log = 0.0
+        self.sum_log2 = 0.0
+        self.last_t: float | None = None
+        self.ts: list[float] = []  # times of the last 7 days, sorted
+        self.amts: list[float] = []
+        self.flags: list[int] = []  # bit 0: new merchant, bit 1: night
+        self.hours = [0] * 24
+        self.cat_n = [0] * len(CATEGORIES)
+        self.cat_sum = [0.0] * len(CATEGORIES)
+        self.merchants: set[int] = set()
+
+    def step(self, t: float, amount: float, cat: int, merchant: int, hour: int) -> tuple:
+        """Features of this transaction from the history before it; then remember it."""
+        n = self.n
+        ts = self.ts
+        last_t = self.last_t
+        if last_t is not None and t >= last_t:
+            cut = bisect_right(ts, t - WEEK)
+            if cut:
+                del ts[:cut]
+                del self.amts[:cut]
+                del self.flags[:cut]
+            end = len(ts)
+        else:
+            end = bisect_right(ts, t)
+        amts = self.amts
+        flags = self.flags
+        i7 = bisect_right(ts, t - WEEK, 0, end)
+        i24 = bisect_right(ts, t - DAY, i7, end)
+        i1 = bisect_right(ts, t - HOUR, i24, end)
+        log_amt = math.log1p(amount)
+        new_merchant = merchant not in self.merchants
+        night = _is_night(hour)
+        cat_n = self.cat_n[cat]
+        if n:
+            mean_log = self.sum_log / n
+            var_log = max(self.sum_log2 / n - mean_log * mean_log, 0.0)
+            hours = self.hours
+            near = hours[hour] + hours[(hour + 1) % 24] + hours[(hour - 1) % 24]
+            if end:
+                since = t - ts[end - 1]
+            elif last_t is not None and last_t <= t:
+                since = t - last_t
+            else:
+                since = NAN
+            recent_flags = flags[i24:end]
+            features = (
+                float(n),
+                float(end - i1),
+                float(end - i24),
+                float(end - i7),
+                sum(amts[i1:end]),
+                sum(amts[i24:end]),
+                sum(amts[i7:end]),
+                since,
+                amount * n / self.sum_amt,
+                (log_amt - mean_log) / (math.sqrt(var_log) + 0.1) if n > 1 else NAN,
+                0.0 if cat_n else 1.0,
+                cat_n / n,
+                amount * cat_n / self.cat_sum[cat] if cat_n else NAN,
+                1.0 if new_merchant else 0.0,
+                float(sum(f & 1 for f in recent_flags)),
+                near / n,
+                float(sum(f >> 1 for f in recent_flags)),
+            )
+        else:
+            features = (
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                NAN,
+                NAN,
+                NAN,
+                1.0,
+                NAN,
+                NAN,
+                1.0,
+                0.0,
+                NAN,
+                0.0,
+            )
+        # remember
+        flag = (1 if new_merchant else 0) | (2 if night else 0)
+        if end == len(ts):
+            ts.append(t)
+            amts.append(amount)
+            flags.append(flag)
+        else:
+            ts.insert(end, t)
+            amts.insert(end, amount)
+            flags.insert(end, flag)
+        self.n = n + 1
+        self.sum_amt += amount
+        self.sum_log += log_amt
+        self.sum_log2 += log_amt * log_amt
+        if last_t is None or t > last_t:
+            self.last_t = t
+        self.hours[hour] += 1
+        self.cat_n[cat] = cat_n + 1
+        self.cat_sum[cat] += amount
+        self.merchants.add(merchant)
+        return features
+
+    # serialisation for the PostgreSQL store (JSON floats round-trip exactly)
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "sum_amt": self.sum_amt,
+            "sum_log": self.sum_log,
+            "sum_log2": self.sum_log2,
+            "last_t": self.last_t,
+            "ts": self.ts,
+            "amts": self.amts,
+            "flags": self.flags,
+            "hours": self.hours,
+            "cat_n": self.cat_n,
+            "cat_sum": self.cat_sum,
+            "merchants": sorted(self.merchants),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CardState:
+        state = cls()
+        state.n = int(data["n"])
+        state.sum_amt = float(data["sum_amt"])
+        state.sum_log = float(data["sum_log"])
+        state.sum_log2 = float(data["sum_log2"])
+        state.last_t = None if data["last_t"] is None else float(data["last_t"])
+        state.ts = [float(v) for v in data["ts"]]
+        state.amts = [float(v) for v in data["amts"]]
+        state.flags = [int(v) for v in data["flags"]]
+        state.hours = [int(v) for v in data["hours"]]
+        state.cat_n = [int(v) for v in data["cat_n"]]
+        state.cat_sum = [float(v) for v in data["cat_sum"]]
+        state.merchants = {int(v) for v in data["merchants"]}
+        return state
+
+
+# (card key, seconds, amount, category index, merchant code, hour)
+Event = tuple[str, float, float, int, int, int]
+
+
+def events_from_frame(frame: pd.DataFrame) -> list[Event]:
+    """History events of a frame of TETA columns, in the frame's row order."""
+    import numpy as np
+
+    from fraudstream.schema import card_key
+
+    times = frame["transaction_time"]
+    micros = times.to_numpy(dtype="datetime64[us]").astype(np.int64)
+    seconds = (micros / 1e6).tolist()
+    hours = times.dt.hour.to_numpy().tolist()
+    names = zip(frame["name_1"], frame["name_2"], frame["street"], strict=True)
+    key_cache: dict[tuple[str, str, str], str] = {}
+    keys = []
+    for triple in names:
+        key = key_cache.get(triple)
+        if key is None:
+            key = key_cache[triple] = card_key(*triple)
+        keys.append(key)
+    merch_codes = {m: merchant_code(m) for m in frame["merch"].unique()}
+    merchants = [merch_codes[m] for m in frame["merch"]]
+    cats = [CATEGORY_INDEX[c] for c in frame["cat_id"]]
+    amounts = frame["amount"].astype(float).tolist()
+    return list(zip(keys, seconds, amounts, cats, merchants, hours, strict=True))
+
+
+def run_events(events: Iterable[Event], states: dict[str, CardState]) -> list[tuple]:
+    """Feed events (already in processing order) through per-card states; features per event."""
+    out = []
+    append = out.append
+    get = states.get
+    for key, t, amount, cat, merchant, hour in events:
+        state = get(key)
+        if state is None:
+            state = states[key] = CardState()
+        append(state.step(t, amount, cat, merchant, hour))
+    return out
+
+
+def processing_order(frame: pd.DataFrame) -> np.ndarray:
+    """Row positions in time order (stable: ties keep the file order)."""
+    import numpy as np
+
+    return np.argsort(frame["transaction_time"].to_numpy(), kind="stable")
+
+
+def history_features(
+    frame: pd.DataFrame, states: dict[str, CardState] | None = None
+) -> pd.DataFrame:
+    """History features of every row, computed causally in time order (batch path).
+
+    ``states`` may hold a warmed-up history (e.g. from an earlier period); it is updated.
+    """
+    import numpy as np
+    import pandas as pd
+
+    order = processing_order(frame)
+    events = events_from_frame(frame)
+    ordered = [events[i] for i in order]
+    values = run_events(ordered, {} if states is None else states)
+    array = np.empty((len(frame), len(HISTORY_FEATURES)), dtype=np.float64)
+    if len(values):
+        array[order] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(array, columns=list(HISTORY_FEATURES), index=frame.index)
+
+
+def _haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
+    import numpy as np
+
+    p1, l1, p2, l2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin((l2 - l1) / 2) ** 2
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def stateless_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """Features of each transaction on its own (vectorised), from a frame of TETA columns."""
+    import numpy as np
+    import pandas as pd
+
+    times = frame["transaction_time"]
+    amount = frame["amount"].to_numpy(dtype=np.float64)
+    hour = times.dt.hour.to_numpy()
+    out = {
+        "amount": amount,
+        "log_amount": np.log1p(amount),
+        "cat_id": frame["cat_id"].astype(str).to_numpy(),
+        "hour": hour.astype(np.float64),
+        "minute_of_day": (hour * 60 + times.dt.minute.to_numpy()).astype(np.float64),
+        "day_of_week": times.dt.dayofweek.to_numpy().astype(np.float64),
+        "is_night": ((hour >= 22) | (hour < 4)).astype(np.float64),
+        "distance_km": _haversine_km(
+            frame["lat"], frame["lon"], frame["merchant_lat"], frame["merchant_lon"]
+        ),
+        "log_city_pop": np.log1p(frame["population_city"].to_numpy(dtype=np.float64)),
+        "gender": frame["gender"].astype(str).to_numpy(),
+        "us_state": frame["us_state"].astype(str).to_numpy(),
+    }
+    return pd.DataFrame(out, index=frame.index)
+
+
+def build_features(
+    frame: pd.DataFrame,
+    history: bool = True,
+    states: dict[str, CardState] | None = None,
+) -> pd.DataFrame:
+    """The model's input for every row of a frame of TETA columns (batch path)."""
+    import pandas as pd
+
+    parts = [stateless_features(frame)]
+    if history:
+        parts.append(history_features(frame, states))
+    return pd.concat(parts, axis=1)
+
+
+def transactions_frame(transactions: Sequence[Any]) -> pd.DataFrame:
+    """A frame of TETA columns from ``Transaction`` objects (online path)."""
+    import pandas as pd
+
+    columns = (
+        "transaction_time",
+        "merch",
+        "cat_id",
+        "amount",
+        "name_1",
+        "name_2",
+        "gender",
+        "street",
+        "us_state",
+        "lat",
+        "lon",
+        "population_city",
+        "merchant_lat",
+        "merchant_lon",
+    )
+    data = {c: [getattr(tx, c) for tx in transactions] for c in columns}
+    frame = pd.DataFrame(data)
+    frame["transaction_time"] = pd.to_datetime(frame["transaction_time"]).astype("datetime64[us]")
+    return frame

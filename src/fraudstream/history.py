@@ -1,0 +1,189 @@
+"""Where per-card history lives between scoring calls: in memory or in PostgreSQL.
+
+A store turns a batch of history events (see :data:`fraudstream.features.Event`, already in
+processing order) into their history features and remembers them, through the same
+:meth:`fraudstream.features.CardState.step` as the batch path. Recording is idempotent on the
+transaction id: an id seen before is not added again and gets the features it got the first time.
+
+Only pseudonymous card keys (:func:`fraudstream.schema.card_key`), times, amounts, category
+indices, merchant codes and hours are kept; never names, streets or home coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+
+from fraudstream.features import EPOCH, CardState, Event
+
+log = logging.getLogger(__name__)
+
+
+class HistoryStore(ABC):
+    """Per-card history behind one method, :meth:`apply`; implementations are thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def apply(self, ids: Sequence[str], events: Sequence[Event]) -> list[tuple]:
+        """History features of each event (in the given order), then record the events.
+
+        ``ids[i]`` is the transaction id of ``events[i]``; a repeated id (earlier call or same
+        batch) does not change the history and returns the features recorded for it.
+        """
+        if len(ids) != len(events):
+            raise ValueError("ids and events differ in length")
+        keys = sorted({e[0] for e in events})
+        with self._lock, self._session(keys, list(dict.fromkeys(ids))) as (states, seen):
+            out: list[tuple] = []
+            new: list[tuple[str, Event, tuple]] = []
+            for tx_id, event in zip(ids, events, strict=True):
+                known = seen.get(tx_id)
+                if known is not None:
+                    out.append(known)
+                    continue
+                state = states.get(event[0])
+                if state is None:
+                    state = states[event[0]] = CardState()
+                features = state.step(*event[1:])
+                seen[tx_id] = features
+                new.append((tx_id, event, features))
+                out.append(features)
+            self._record(states, new)
+        return out
+
+    @abstractmethod
+    @contextmanager
+    def _session(
+        self, keys: list[str], ids: list[str]
+    ) -> Iterator[tuple[dict[str, CardState], dict[str, tuple]]]:
+        """Yield (states of these keys that exist, features of these ids already seen)."""
+
+    @abstractmethod
+    def _record(self, states: dict[str, CardState], new: list[tuple[str, Event, tuple]]) -> None:
+        """Persist the updated states and the newly seen ids (inside the session)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (connections)."""
+
+
+class InMemoryHistoryStore(HistoryStore):
+    """History in this process (training, tests, a scorer without a database).
+
+    Seen ids are remembered up to ``max_ids`` (oldest forgotten first).
+    """
+
+    def __init__(self, max_ids: int = 1_000_000) -> None:
+        super().__init__()
+        self.states: dict[str, CardState] = {}
+        self._seen: OrderedDict[str, tuple] = OrderedDict()
+        self.max_ids = max_ids
+
+    @contextmanager
+    def _session(
+        self, keys: list[str], ids: list[str]
+    ) -> Iterator[tuple[dict[str, CardState], dict[str, tuple]]]:
+        seen = {i: self._seen[i] for i in ids if i in self._seen}
+        yield self.states, seen
+
+    def _record(self, states: dict[str, CardState], new: list[tuple[str, Event, tuple]]) -> None:
+        for tx_id, _, features in new:
+            self._seen[tx_id] = features
+        while len(self._seen) > self.max_ids:
+            self._seen.popitem(last=False)
+
+
+class PostgresHistoryStore(HistoryStore):
+    """History in PostgreSQL (tables of migration ``0001_card_history``), shared by replicas.
+
+    Each :meth:`apply` is one transaction that locks the rows of the cards involved
+    (``SELECT ... FOR UPDATE`` in key order), so concurrent scorers never lose an update.
+    """
+
+    def __init__(self, dsn: str, migrate: bool = True) -> None:
+        super().__init__()
+        self.dsn = dsn
+        if migrate:
+            from fraudstream.migrations import migrate as apply_migrations
+
+            apply_migrations(dsn)
+        self._conn = None
+
+    def _connection(self):  # noqa: ANN202 - psycopg2 connection
+        import psycopg2
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.dsn)
+        return self._conn
+
+    @contextmanager
+    def _session(
+        self, keys: list[str], ids: list[str]
+    ) -> Iterator[tuple[dict[str, CardState], dict[str, tuple]]]:
+        from psycopg2.extras import execute_values
+
+        conn = self._connection()
+        try:
+            with conn, conn.cursor() as cur:
+                # make sure a row exists for every key, so FOR UPDATE locks new cards too
+                execute_values(
+                    cur,
+                    "INSERT INTO card_history (card_key) VALUES %s ON CONFLICT DO NOTHING",
+                    [(k,) for k in keys],
+                    page_size=1000,
+                )
+                cur.execute(
+                    "SELECT card_key, state FROM card_history WHERE card_key = ANY(%s)"
+                    " ORDER BY card_key FOR UPDATE",
+                    (keys,),
+                )
+                states = {key: CardState.from_dict(state) for key, state in cur.fetchall() if state}
+                cur.execute(
+                    "SELECT transaction_id, features FROM card_history_seen"
+                    " WHERE transaction_id = ANY(%s)",
+                    (ids,),
+                )
+                seen = {tx_id: tuple(features) for tx_id, features in cur.fetchall()}
+                self._cur = cur
+                yield states, seen
+        except Exception:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        finally:
+            self._cur = None
+
+    def _record(self, states: dict[str, CardState], new: list[tuple[str, Event, tuple]]) -> None:
+        from psycopg2.extras import execute_values
+
+        cur = self._cur
+        touched = sorted({event[0] for _, event, _ in new})
+        if not touched:
+            return
+        execute_values(
+            cur,
+            "UPDATE card_history AS h SET state = v.state::jsonb, updated_at = now()"
+            " FROM (VALUES %s) AS v(card_key, state) WHERE h.card_key = v.card_key",
+            [(k, json.dumps(states[k].to_dict())) for k in touched],
+            page_size=1000,
+        )
+        execute_values(
+            cur,
+            "INSERT INTO card_history_seen (transaction_id, card_key, transaction_time, features)"
+            " VALUES %s ON CONFLICT (transaction_id) DO NOTHING",
+            [
+                (tx_id, event[0], EPOCH + timedelta(seconds=event[1]), list(features))
+                for tx_id, event, features in new
+            ],
+            page_size=1000,
+        )
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()

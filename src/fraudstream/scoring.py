@@ -1,0 +1,162 @@
+"""Score transactions with the trained model: the one object the Bento service and tools use.
+
+    ref = bentoml.models.get("fraud-model:latest")
+    scorer = Scorer(bentoml.catboost.load_model(ref), ref.info.metadata, store,
+                    model_version=str(ref.tag))
+    results = scorer.score([Transaction(**EXAMPLE_TRANSACTION)])
+
+Features come from :mod:`fraudstream.features` (the code training used); history features are
+computed causally through a :class:`fraudstream.history.HistoryStore` and each scored
+transaction is added to it, idempotently on its ``transaction_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from fraudstream.features import (
+    CATEGORICAL_FEATURES,
+    HISTORY_FEATURES,
+    events_from_frame,
+    processing_order,
+    stateless_features,
+    transactions_frame,
+)
+from fraudstream.history import HistoryStore, InMemoryHistoryStore
+from fraudstream.schema import Transaction
+
+if TYPE_CHECKING:
+    import catboost
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+N_REASONS = 3
+
+
+class Reason(BaseModel):
+    """One feature that pushed the score up (SHAP contribution, in log-odds)."""
+
+    feature: str = Field(description="feature name", examples=["h_amt_rel_mean"])
+    value: str | float = Field(description="the feature's value for this transaction")
+    impact: float = Field(description="SHAP contribution to the log-odds (positive = riskier)")
+
+
+class ScoreResult(BaseModel):
+    """The score of one transaction."""
+
+    transaction_id: str
+    score: float = Field(ge=0, le=1, description="fraud probability from the model")
+    fraud_flag: bool = Field(description="score >= threshold")
+    threshold: float
+    model_version: str
+    reasons: list[Reason] = Field(
+        default_factory=list, description="top features behind a flag; empty when not flagged"
+    )
+
+
+class Scorer:
+    """Model + metadata + history store; ``score`` is thread-safe."""
+
+    prediction_threads = 1
+
+    def __init__(
+        self,
+        model: catboost.CatBoostClassifier,
+        metadata: dict,
+        history: HistoryStore | None = None,
+        threshold: float | None = None,
+        model_version: str = "unknown",
+    ) -> None:
+        self.model = model
+        self.metadata = dict(metadata)
+        self.feature_names: list[str] = list(metadata["feature_names"])
+        self.categorical_features: list[str] = list(
+            metadata.get("categorical_features", CATEGORICAL_FEATURES)
+        )
+        self.history: HistoryStore = history if history is not None else InMemoryHistoryStore()
+        self.threshold: float = float(threshold if threshold is not None else metadata["threshold"])
+        self.model_version = model_version
+        self._lock = threading.Lock()
+
+    def features(self, transactions: Sequence[Transaction]) -> tuple[list[str], pd.DataFrame]:
+        """(transaction ids, model input) for a batch; records the batch in the history."""
+        import numpy as np
+        import pandas as pd
+
+        ids = [tx.transaction_id or str(uuid.uuid4()) for tx in transactions]
+        frame = transactions_frame(transactions)
+        parts = [stateless_features(frame)]
+        order = processing_order(frame)
+        events = events_from_frame(frame)
+        with self._lock:
+            values = self.history.apply([ids[i] for i in order], [events[i] for i in order])
+        array = np.empty((len(frame), len(HISTORY_FEATURES)), dtype=np.float64)
+        if values:
+            array[order] = np.asarray(values, dtype=np.float64)
+        parts.append(pd.DataFrame(array, columns=list(HISTORY_FEATURES), index=frame.index))
+        features = pd.concat(parts, axis=1)
+        return ids, features[self.feature_names]
+
+    def predict(self, features: pd.DataFrame) -> Any:
+        """Fraud probabilities of a model-input frame."""
+        return self.model.predict_proba(features, thread_count=self.prediction_threads)[:, 1]
+
+    def score(self, transactions: Sequence[Transaction], explain: bool = True) -> list[ScoreResult]:
+        """Scores in input order; reasons (top-3 SHAP) only for flagged transactions."""
+        if not transactions:
+            return []
+        ids, features = self.features(transactions)
+        scores = self.predict(features)
+        flags = scores >= self.threshold
+        reasons: dict[int, list[Reason]] = {}
+        if explain and flags.any():
+            reasons = self._reasons(features, [i for i, f in enumerate(flags) if f])
+        return [
+            ScoreResult(
+                transaction_id=ids[i],
+                score=float(scores[i]),
+                fraud_flag=bool(flags[i]),
+                threshold=self.threshold,
+                model_version=self.model_version,
+                reasons=reasons.get(i, []),
+            )
+            for i in range(len(ids))
+        ]
+
+    def _reasons(self, features: pd.DataFrame, rows: list[int]) -> dict[int, list[Reason]]:
+        import catboost
+        import numpy as np
+
+        subset = features.iloc[rows]
+        pool = catboost.Pool(subset, cat_features=self.categorical_features)
+        shap = self.model.get_feature_importance(
+            pool, type="ShapValues", thread_count=self.prediction_threads
+        )[:, :-1]
+        out: dict[int, list[Reason]] = {}
+        names = self.feature_names
+        for pos, row in enumerate(rows):
+            contrib = shap[pos]
+            top = [j for j in np.argsort(-contrib)[:N_REASONS] if contrib[j] > 0]
+            out[row] = [
+                Reason(
+                    feature=names[j],
+                    value=_display(subset.iat[pos, j]),
+                    impact=round(float(contrib[j]), 6),
+                )
+                for j in top
+            ]
+        return out
+
+
+def _display(value: Any) -> str | float:
+    if isinstance(value, str):
+        return value
+    number = float(value)
+    return "missing" if math.isnan(number) else round(number, 6)
