@@ -11,6 +11,7 @@ import os
 import pwd
 import stat
 import subprocess
+import warnings
 from pathlib import Path
 
 from fraudstream.local.paths import free_port
@@ -21,9 +22,15 @@ SYSTEM_USER = "pgserveruser"
 
 
 def _bin(name: str) -> str:
-    from pgserver._commands import POSTGRES_BIN_PATH
+    return str(_pgserver_bin_path() / name)
 
-    return str(POSTGRES_BIN_PATH / name)
+
+def _pgserver_bin_path() -> Path:
+    # pgserver's import asks platformdirs for a runtime dir and warns when XDG_RUNTIME_DIR is unset.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
 
 
 class PostgresServer:
@@ -42,7 +49,7 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _prepare_root(self) -> None:
-        from pgserver._commands import POSTGRES_BIN_PATH
+        bin_path = _pgserver_bin_path()
         from pgserver.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
@@ -51,10 +58,10 @@ class PostgresServer:
 
         ensure_user_exists(SYSTEM_USER)
         ensure_prefix_permissions(self.workdir)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_prefix_permissions(bin_path)
         read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, read | execute)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        ensure_folder_permissions(bin_path, read | execute)
+        ensure_folder_permissions(bin_path.parent / "lib", read)
         entry = pwd.getpwnam(SYSTEM_USER)
         for path in (self.workdir, self.data):
             path.mkdir(parents=True, exist_ok=True)
