@@ -12,8 +12,13 @@ STAMP := $(VENV)/.installed
 up: venv  ## run the whole pipeline locally (Ctrl-C stops it)
 	$(VENV)/bin/fraudstream up
 
-test: venv lint  ## set everything up and run every test
+test: venv lint tools  ## set everything up and run every test
 	$(VENV)/bin/pytest -p no:cacheprovider tests
+
+# Pinned helm for the chart tests: a helm v3 on PATH, or one built once with `go install` and
+# cached in $(CACHE)/bin (see scripts/tools.sh).
+tools:
+	@scripts/tools.sh >/dev/null
 
 # The virtualenv is built from the committed lock file; flock keeps parallel runs from racing.
 venv: $(STAMP)
