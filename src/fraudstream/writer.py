@@ -1,0 +1,333 @@
+"""``fraudstream writer``: scoring -> PostgreSQL table ``scores``, idempotent on transaction_id.
+
+One consumer group on ``scoring``. Each batch is validated (:class:`ScoreMessage`), inserted with
+one ``INSERT ... ON CONFLICT (transaction_id) DO NOTHING`` and the database transaction is
+committed; only then are the offsets marked done (and committed by
+:mod:`fraudstream.kafka_runner`). A batch read twice (after a crash or a lost commit) inserts
+nothing the second time. While PostgreSQL is away the writer reconnects with exponential
+backoff and retries the same batch for as long as it takes.
+
+Records that can never be stored (not JSON, missing fields) go to the DLQ topic with their
+original bytes, as in the bridge. The table is created by ``fraudstream migrate``
+(``migrations/0002_scores.sql``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fraudstream.kafka_runner import ShutdownRequestedError, backoff_delays
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "transaction_id",
+    "score",
+    "fraud_flag",
+    "threshold",
+    "model_version",
+    "reasons",
+    "amount",
+    "category",
+    "merchant",
+    "event_time",
+    "produced_at",
+    "scored_at",
+)
+INSERT_SQL = (
+    f"INSERT INTO scores ({', '.join(COLUMNS)}) VALUES %s ON CONFLICT (transaction_id) DO NOTHING"
+)
+TEMPLATE = "(%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)"
+
+
+class ScoreMessage(BaseModel):
+    """A value on the ``scoring`` topic (what the bridge produces)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    transaction_id: str = Field(min_length=1, max_length=64)
+    score: float = Field(ge=0, le=1)
+    fraud_flag: bool
+    threshold: float
+    model_version: str
+    reasons: list[dict[str, Any]] = Field(default_factory=list)
+    amount: float
+    category: str
+    merchant: str
+    event_time: datetime
+    produced_at: datetime | None = None
+    scored_at: datetime
+
+    def row(self) -> tuple:
+        return (
+            self.transaction_id,
+            self.score,
+            self.fraud_flag,
+            self.threshold,
+            self.model_version,
+            json.dumps(self.reasons),
+            self.amount,
+            self.category,
+            self.merchant,
+            self.event_time.replace(tzinfo=None),
+            self.produced_at,
+            self.scored_at,
+        )
+
+
+@dataclass
+class WriterMetrics:
+    db_write: Any
+    rows_inserted: Any
+    rows_duplicate: Any
+    e2e_latency: Any
+    errors: Any
+
+    @classmethod
+    def create(cls, errors: Any) -> WriterMetrics:
+        from prometheus_client import Counter, Histogram
+
+        return cls(
+            db_write=Histogram(
+                "fraudstream_writer_db_write_seconds",
+                "time to insert and commit one batch",
+                buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            ),
+            rows_inserted=Counter("fraudstream_writer_rows_inserted", "new rows in scores"),
+            rows_duplicate=Counter(
+                "fraudstream_writer_rows_duplicate", "records whose transaction_id was stored"
+            ),
+            e2e_latency=Histogram(
+                "fraudstream_writer_end_to_end_seconds",
+                "produced to transactions -> committed in scores",
+                buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60),
+            ),
+            errors=errors,
+        )
+
+
+class ScoreStore:
+    """One PostgreSQL connection that comes back by itself: ``insert`` retries until done."""
+
+    def __init__(
+        self,
+        dsn: str,
+        stop: threading.Event,
+        retry_max_s: float = 10.0,
+        metrics: WriterMetrics | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.stop = stop
+        self.retry_max_s = retry_max_s
+        self.metrics = metrics
+        self.conn: Any = None
+
+    def _connect(self) -> Any:
+        import psycopg2
+
+        conn = psycopg2.connect(
+            self.dsn,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+            application_name="fraudstream-writer",
+        )
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '60s'")
+        conn.commit()
+        return conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def insert(self, rows: list[tuple]) -> int:
+        """Insert and commit ``rows``; return how many were new.
+
+        Raises :class:`ShutdownRequestedError` when shutdown is requested while waiting.
+        """
+        import psycopg2
+        from psycopg2.extras import execute_values
+
+        delays = backoff_delays(0.1, self.retry_max_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = self._connect()
+                    if attempt > 1:
+                        log.info("reconnected to PostgreSQL")
+                started = time.perf_counter()
+                with self.conn.cursor() as cur:
+                    execute_values(cur, INSERT_SQL, rows, template=TEMPLATE, page_size=len(rows))
+                    inserted = cur.rowcount
+                self.conn.commit()
+                if self.metrics:
+                    self.metrics.db_write.observe(time.perf_counter() - started)
+                return inserted
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
+                # connection lost, server restarting, timeouts: the transaction did not commit
+                # (or committed and will be ignored by ON CONFLICT on the retry)
+                self.close()
+                if self.metrics:
+                    self.metrics.errors.labels("db_unavailable").inc()
+                delay = next(delays)
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "PostgreSQL write failed (%s); retrying in %.1fs",
+                        str(err).strip().splitlines()[0] if str(err).strip() else type(err),
+                        delay,
+                        extra={"attempt": attempt},
+                    )
+                if self.stop.wait(delay):
+                    raise ShutdownRequestedError("shutdown while waiting for PostgreSQL") from err
+            except Exception:
+                if self.conn is not None and not self.conn.closed:
+                    self.conn.rollback()
+                raise
+
+
+class WriterStep:
+    """The business step of the writer: ``step(records)`` stores one batch."""
+
+    def __init__(
+        self,
+        store: ScoreStore,
+        dead_letters: Any,
+        metrics: Any = None,
+        writer_metrics: WriterMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.dlq = dead_letters
+        self.metrics = metrics
+        self.writer_metrics = writer_metrics
+
+    def __call__(self, records: list[Any]) -> None:
+        from pydantic import ValidationError
+
+        rows: dict[str, tuple] = {}
+        produced: list[datetime] = []
+        poison: list[tuple[Any, str, str]] = []
+        for record in records:
+            try:
+                msg = ScoreMessage.model_validate_json(record.value or b"")
+            except ValidationError as err:
+                first = err.errors(include_url=False, include_input=False)[0]
+                kind = "not_json" if first.get("type") == "json_invalid" else "invalid"
+                detail = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                    for e in err.errors(include_url=False, include_input=False)[:5]
+                )
+                poison.append((record, kind, detail))
+                continue
+            rows[msg.transaction_id] = msg.row()  # one row per id within the batch
+            if msg.produced_at is not None:
+                produced.append(msg.produced_at)
+        self.dlq.check(len(records), len(poison))
+        inserted = self.store.insert(list(rows.values())) if rows else 0
+        if poison:
+            from fraudstream.kafka_runner import wait_delivered
+
+            futures = [self.dlq.send(r, kind, err) for r, kind, err in poison]
+            wait_delivered(self.dlq.producer, futures)
+        if self.metrics:
+            self.metrics.messages_out.inc(inserted)
+        if self.writer_metrics:
+            self.writer_metrics.rows_inserted.inc(inserted)
+            self.writer_metrics.rows_duplicate.inc(len(records) - len(poison) - inserted)
+            now = datetime.now(UTC)
+            for at in produced:
+                self.writer_metrics.e2e_latency.observe((now - at).total_seconds())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="default: $DATABASE_URL")
+    parser.add_argument("--metrics-port", type=int, help="default: $METRICS_PORT (9102)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fraudstream.kafka_runner import (
+        BatchRunner,
+        ConsumerMetrics,
+        DeadLetters,
+        DlqRatioExceededError,
+        install_signal_handlers,
+        make_consumer,
+        make_producer,
+        start_metrics_server,
+    )
+    from fraudstream.logs import setup_logging
+    from fraudstream.settings import (
+        BridgeSettings,
+        DatabaseSettings,
+        KafkaSettings,
+        LogSettings,
+        WriterSettings,
+    )
+
+    logs = LogSettings()
+    setup_logging(logs.log_level, logs.log_format)
+    kafka = KafkaSettings()
+    settings = WriterSettings()
+    dsn = args.database_url or DatabaseSettings().database_url
+    if not dsn:
+        log.error("no database: set DATABASE_URL or pass --database-url")
+        return 2
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    metrics = ConsumerMetrics.create("writer")
+    writer_metrics = WriterMetrics.create(metrics.errors)
+    start_metrics_server(metrics_port)
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    store = ScoreStore(dsn, stop, settings.db_retry_max_s, writer_metrics)
+    producer = make_producer(kafka.kafka_bootstrap_servers)
+    guard = BridgeSettings()  # DLQ_MAX_RATIO / DLQ_WINDOW apply to both consumers
+    dead_letters = DeadLetters(
+        producer, kafka.topic_dlq, guard.dlq_max_ratio, guard.dlq_window, metrics
+    )
+    step = WriterStep(store, dead_letters, metrics, writer_metrics)
+    consumer = make_consumer(kafka.kafka_bootstrap_servers, settings.writer_group_id)
+    runner = BatchRunner(
+        consumer,
+        kafka.topic_scoring,
+        step,
+        batch_size=settings.writer_batch_size,
+        max_wait_ms=settings.writer_batch_max_wait_ms,
+        commit_interval_ms=settings.writer_commit_interval_ms,
+        stop=stop,
+        metrics=metrics,
+    )
+    log.info(
+        "writer starting",
+        extra={"topic_in": kafka.topic_scoring, "group_id": settings.writer_group_id},
+    )
+    try:
+        runner.run()
+    except DlqRatioExceededError as err:
+        metrics.errors.labels("dlq_ratio").inc()
+        log.error("%s", err)
+        return 3
+    except Exception:
+        log.exception("writer stopped by an unexpected error")
+        return 1
+    finally:
+        store.close()
+        producer.close()
+    log.info("writer stopped cleanly")
+    return 0
