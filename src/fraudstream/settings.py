@@ -51,12 +51,15 @@ class ScorerSettings(_Base):
     max_batch_size: int = 1000
     # adaptive batching of concurrent POST /score calls: most calls in one model call ...
     adaptive_max_batch_size: int = 256
-    # ... and the latency budget (ms) the batcher may spend waiting to fill a batch
-    adaptive_max_latency_ms: int = 40
+    # ... and the longest (ms) a call may wait for its batch before it is refused with 503
+    # (BentoML's max_latency_ms: a load-shedding deadline, not a fixed wait)
+    adaptive_max_latency_ms: int = 1000
     # HTTP worker processes (each loads its own copy of the model)
     workers: int = 1
     # HTTP port
     port: int = 3000
+    # BentoML's per-request access log (method, path, status, latency; never bodies)
+    access_log: bool = False
 
 
 def env_names(*classes: type[BaseSettings]) -> set[str]:
