@@ -1,0 +1,145 @@
+"""Offline checks of the Helm chart, k8s/ and skaffold.yaml: render with a pinned helm, then
+validate and inspect the objects a cluster would receive.
+
+``helm`` comes from ``scripts/tools.sh`` (a helm v3 on PATH, or one built once with ``go install``
+into the download cache); ``make test`` runs it first, and the first helm call runs it when needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "fraudstream"
+INFRA_CHART = ROOT / "k8s" / "infra"
+SKAFFOLD = ROOT / "skaffold.yaml"
+# Kubernetes versions the chart supports; each rendered object is validated against each.
+KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0"]
+SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+RELEASE = "fraudstream"
+NAMESPACE = "fraudstream"
+
+
+def _cache_bin() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fraudstream" / "bin"
+
+
+@cache
+def helm_path() -> str:
+    cached = _cache_bin() / "helm"
+    if not cached.exists():
+        # builds helm on a fresh machine (a few minutes, once)
+        subprocess.run([str(ROOT / "scripts" / "tools.sh")], check=True, stdout=subprocess.DEVNULL)
+    if cached.exists():
+        return str(cached)
+    found = shutil.which("helm")
+    if not found:
+        pytest.fail("no helm: scripts/tools.sh did not install one")
+    return found
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    return helm_path()
+
+
+def run_helm(*args: str) -> str:
+    proc = subprocess.run(
+        [helm_path(), *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def load_objects(text: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@cache
+def _render(chart: str, kube_version: str, values: tuple[str, ...], sets: tuple[str, ...]) -> str:
+    args = ["template", RELEASE, chart, "--namespace", NAMESPACE, "--kube-version", kube_version]
+    for v in values:
+        args += ["-f", v]
+    for s in sets:
+        args += ["--set", s]
+    return run_helm(*args)
+
+
+def render(
+    chart: Path = CHART,
+    values: tuple[str, ...] = (),
+    sets: tuple[str, ...] = (),
+    kube_version: str = KUBE_VERSIONS[-1],
+) -> list[dict]:
+    """The objects `helm template` makes (hooks and test pods included)."""
+    return load_objects(_render(str(chart), kube_version, tuple(values), tuple(sets)))
+
+
+def scenario_values(name: str) -> tuple[str, ...]:
+    return () if name == "default" else (str(CHART / "ci" / name),)
+
+
+@pytest.fixture(scope="session")
+def renderer() -> Callable[..., list[dict]]:
+    return render
+
+
+@cache
+def skaffold_config() -> dict:
+    return yaml.safe_load(SKAFFOLD.read_text())
+
+
+def skaffold_release(name: str) -> dict:
+    for release in skaffold_config()["deploy"]["helm"]["releases"]:
+        if release["name"] == name:
+            return release
+    raise AssertionError(f"no helm release {name!r} in skaffold.yaml")
+
+
+def skaffold_sets(release: dict) -> tuple[str, ...]:
+    """--set arguments equivalent to a skaffold release's setValues (+ templates filled in)."""
+    sets = [f"{k}={v}" for k, v in (release.get("setValues") or {}).items()]
+    fake = {
+        "IMAGE_REPO_fraud_scorer": "fraud-scorer",
+        "IMAGE_TAG_fraud_scorer": "abc123",
+        "IMAGE_DIGEST_fraud_scorer": "",
+        "IMAGE_REPO_fraudstream_consumers": "fraudstream-consumers",
+        "IMAGE_TAG_fraudstream_consumers": "def456",
+        "IMAGE_DIGEST_fraudstream_consumers": "",
+    }
+    for key, template in (release.get("setValueTemplates") or {}).items():
+        value = template
+        for var, sub in fake.items():
+            value = value.replace("{{." + var + "}}", sub)
+        assert "{{" not in value, f"unknown template variable in {key}: {template}"
+        sets.append(f"{key}={value}")
+    return tuple(sets)
+
+
+def containers(obj: dict) -> list[dict]:
+    """Containers (init containers included) of a workload or a Pod."""
+    spec = pod_spec(obj)
+    if spec is None:
+        return []
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+
+def pod_spec(obj: dict) -> dict | None:
+    kind = obj.get("kind")
+    if kind == "Pod":
+        return obj["spec"]
+    if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}:
+        return obj["spec"]["template"]["spec"]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return None

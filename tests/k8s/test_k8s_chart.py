@@ -1,0 +1,568 @@
+"""The Helm chart renders, lints and validates for every supported Kubernetes version, and what
+it renders follows the rules a cluster (and an on-call engineer) relies on."""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+from k8s_helpers import (
+    CHART,
+    KUBE_VERSIONS,
+    SCENARIOS,
+    containers,
+    pod_spec,
+    render,
+    run_helm,
+    scenario_values,
+    skaffold_release,
+    skaffold_sets,
+)
+from crd_schemas import CUSTOM_RESOURCES
+from kubernetes_validate import utils as kv
+
+from fraudstream.settings import (
+    BridgeSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    LogSettings,
+    ScorerSettings,
+    WriterSettings,
+    env_names,
+)
+
+pytestmark = pytest.mark.unit
+
+ALL_SCENARIOS = ["default", *SCENARIOS]
+STABLE_SELECTOR_KEYS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
+
+
+def validate_object(obj: dict, version: str) -> None:
+    """Strict validation against the Kubernetes schema of `version` (our own schema for CRDs)."""
+    key = (obj["apiVersion"], obj["kind"])
+    if key in CUSTOM_RESOURCES:
+        jsonschema.validate(obj, CUSTOM_RESOURCES[key])
+        return
+    try:
+        checked = kv.validate(obj, version, strict=True)
+    except kv.SchemaNotFoundError as err:
+        raise AssertionError(f"{obj['kind']} {obj['apiVersion']}: {err.message}") from err
+    except kv.ValidationError as err:
+        path = ".".join(str(p) for p in err.path)
+        raise AssertionError(
+            f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: "
+            f"{path}: {err.message}"
+        ) from err
+    assert checked == kv.major_minor(version), f"validated against {checked}, not {version}"
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def named(objects: list[dict], kind: str, name: str) -> dict:
+    for o in objects:
+        if o["kind"] == kind and o["metadata"]["name"] == name:
+            return o
+    raise AssertionError(f"no {kind}/{name} rendered")
+
+
+def is_hook(obj: dict) -> bool:
+    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
+
+
+# --------------------------------------------------------------------------- lint / render
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_helm_lint_strict(scenario: str) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for v in scenario_values(scenario):
+        args += ["-f", v]
+    out = run_helm(*args)
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_every_object_validates_strictly(scenario: str, version: str) -> None:
+    objects = render(values=scenario_values(scenario), kube_version=version)
+    assert objects, "nothing rendered"
+    for obj in objects:
+        validate_object(obj, version)
+
+
+def test_skaffold_values_render_and_validate() -> None:
+    """What `skaffold dev` installs (its setValues and image templates) is valid too."""
+    objects = render(sets=skaffold_sets(skaffold_release("fraudstream")))
+    for obj in objects:
+        validate_object(obj, KUBE_VERSIONS[0])
+
+
+def test_default_render_has_every_part() -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in render()}
+    for expected in [
+        ("Deployment", "fraudstream-scorer"),
+        ("Service", "fraudstream-scorer"),
+        ("HorizontalPodAutoscaler", "fraudstream-scorer"),
+        ("PodDisruptionBudget", "fraudstream-scorer"),
+        ("Deployment", "fraudstream-bridge"),
+        ("Deployment", "fraudstream-writer"),
+        ("Job", "fraudstream-migrations"),
+        ("Job", "fraudstream-topics"),
+        ("ServiceAccount", "fraudstream"),
+        ("ServiceMonitor", "fraudstream-scorer"),
+        ("ServiceMonitor", "fraudstream-consumers"),
+        ("PrometheusRule", "fraudstream-alerts"),
+        ("Pod", "fraudstream-test-score"),
+    ]:
+        assert expected in kinds, expected
+
+
+def test_typo_in_values_is_refused_by_the_schema() -> None:
+    with pytest.raises(AssertionError, match="additional properties|replicas"):
+        run_helm(
+            "template", "x", str(CHART), "--kube-version", "1.30.0", "--set", "scorer.replicas=3"
+        )
+
+
+# --------------------------------------------------------------------------- workload policies
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_every_container_is_locked_down_and_sized(scenario: str) -> None:
+    for obj in render(values=scenario_values(scenario)):
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        psc = spec.get("securityContext") or {}
+        assert psc.get("runAsNonRoot") is True, where
+        assert isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where
+        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert spec.get("automountServiceAccountToken") is False, where
+        writable = {m["mountPath"] for c in containers(obj) for m in c.get("volumeMounts", [])}
+        for c in containers(obj):
+            sc = c.get("securityContext") or {}
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("capabilities", {}).get("add"), where
+            res = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(res.get(kind) or {}), f"{where}: {kind}"
+        # a read-only root needs somewhere to write temporary files
+        assert "/tmp" in writable, f"{where}: no writable /tmp"
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_long_running_containers_have_probes(scenario: str) -> None:
+    for obj in render(values=scenario_values(scenario)):
+        if obj["kind"] not in WORKLOADS:
+            continue
+        for c in containers(obj):
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert c.get(probe), f"{obj['metadata']['name']}/{c['name']}: no {probe}"
+
+
+def test_scorer_probes_use_bentoml_endpoints() -> None:
+    c = containers(named(render(), "Deployment", "fraudstream-scorer"))[0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"}]
+    svc = named(render(), "Service", "fraudstream-scorer")
+    assert svc["spec"]["ports"][0]["name"] == "http" and svc["spec"]["ports"][0]["port"] == 3000
+
+
+def test_hpa_scales_the_scorer_on_cpu() -> None:
+    objects = render()
+    hpa = named(objects, "HorizontalPodAutoscaler", "fraudstream-scorer")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
+        "apps/v1",
+        "Deployment",
+        "fraudstream-scorer",
+    )
+    target = named(objects, "Deployment", ref["name"])
+    # replicas belongs to the HPA: a Deployment that sets it would be reset on every upgrade
+    assert "replicas" not in target["spec"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert {"scaleUp", "scaleDown"} <= set(hpa["spec"]["behavior"])
+    # CPU utilisation is relative to the request: there must be one
+    assert containers(target)[0]["resources"]["requests"]["cpu"]
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_no_deployment_is_scaled_by_both_hpa_and_keda(scenario: str) -> None:
+    objects = render(values=scenario_values(scenario))
+    hpa = {o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "HorizontalPodAutoscaler")}
+    keda = {o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "ScaledObject")}
+    assert not hpa & keda
+    deployments = {o["metadata"]["name"]: o for o in by_kind(objects, "Deployment")}
+    for name in hpa | keda:
+        assert name in deployments, f"autoscaler targets missing Deployment {name}"
+        assert "replicas" not in deployments[name]["spec"], name
+
+
+def test_keda_scales_the_bridge_on_lag_within_partitions() -> None:
+    objects = render(values=scenario_values("keda-values.yaml"))
+    (so,) = by_kind(objects, "ScaledObject")
+    assert so["spec"]["scaleTargetRef"]["name"] == "fraudstream-bridge"
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    cm = named(objects, "ConfigMap", "fraudstream-bridge")["data"]
+    assert trigger["metadata"]["consumerGroup"] == cm["BRIDGE_GROUP_ID"]
+    assert trigger["metadata"]["topic"] == cm["TOPIC_TRANSACTIONS"]
+    assert so["spec"]["maxReplicaCount"] <= int(cm["TOPIC_PARTITIONS"])
+    assert not by_kind(render(), "ScaledObject"), "KEDA must be off by default"
+
+
+@pytest.mark.parametrize("component", ["bridge", "writer"])
+def test_consumers_never_outnumber_partitions(component: str) -> None:
+    objects = render()
+    dep = named(objects, "Deployment", f"fraudstream-{component}")
+    partitions = int(
+        named(objects, "ConfigMap", f"fraudstream-{component}")["data"]["TOPIC_PARTITIONS"]
+    )
+    assert 1 <= dep["spec"]["replicas"] <= partitions
+    with pytest.raises(AssertionError, match="more than kafka.topics.partitions"):
+        render(sets=(f"{component}.replicaCount={partitions + 1}",))
+
+
+def test_consumers_get_longer_than_a_batch_to_stop() -> None:
+    objects = render()
+    bridge = named(objects, "Deployment", "fraudstream-bridge")
+    env = named(objects, "ConfigMap", "fraudstream-bridge")["data"]
+    batch = float(env["SCORER_TIMEOUT_S"]) + int(env["BRIDGE_BATCH_MAX_WAIT_MS"]) / 1000
+    assert bridge["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > batch
+    writer = named(objects, "Deployment", "fraudstream-writer")
+    env = named(objects, "ConfigMap", "fraudstream-writer")["data"]
+    batch = float(env["DB_RETRY_MAX_S"]) + int(env["WRITER_BATCH_MAX_WAIT_MS"]) / 1000
+    assert writer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > batch
+    for name in ("fraudstream-bridge", "fraudstream-writer"):
+        c = containers(named(objects, "Deployment", name))[0]
+        assert any(p["name"] == "metrics" for p in c["ports"]), name
+
+
+def test_pdb_covers_the_scorer_pods() -> None:
+    objects = render()
+    pdb = named(objects, "PodDisruptionBudget", "fraudstream-scorer")
+    pods = named(objects, "Deployment", "fraudstream-scorer")["spec"]["template"]["metadata"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pods["labels"].items()
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_selectors_carry_only_stable_labels(scenario: str) -> None:
+    objects = render(values=scenario_values(scenario))
+    pod_labels = [
+        o["spec"]["template"]["metadata"]["labels"] for o in objects if o["kind"] in WORKLOADS
+    ]
+    for o in objects:
+        kind, spec = o["kind"], o.get("spec") or {}
+        selectors = []
+        if kind in WORKLOADS or kind == "PodDisruptionBudget":
+            selectors.append(spec["selector"]["matchLabels"])
+        elif kind == "Service":
+            selectors.append(spec["selector"])
+        elif kind == "NetworkPolicy":
+            selectors.append(spec["podSelector"]["matchLabels"])
+        elif kind == "ServiceMonitor":
+            selectors.append(spec["selector"].get("matchLabels", {}))
+        for sel in selectors:
+            assert sel, f"{kind}/{o['metadata']['name']}: empty selector"
+            assert set(sel) <= STABLE_SELECTOR_KEYS, f"{kind}/{o['metadata']['name']}: {sel}"
+        if kind in WORKLOADS:
+            labels = spec["template"]["metadata"]["labels"]
+            assert spec["selector"]["matchLabels"].items() <= labels.items()
+        if kind == "Service":
+            assert any(spec["selector"].items() <= pl.items() for pl in pod_labels), (
+                f"Service/{o['metadata']['name']} selects no pod"
+            )
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+SETTINGS_OF = {
+    "scorer": (ScorerSettings, DatabaseSettings, LogSettings),
+    "bridge": (KafkaSettings, BridgeSettings, LogSettings),
+    "writer": (KafkaSettings, WriterSettings, DatabaseSettings, LogSettings),
+    "migrations": (DatabaseSettings, LogSettings),
+    "topics": (KafkaSettings, LogSettings),
+    "ui": (DatabaseSettings, LogSettings, BridgeSettings),
+}
+# Variables read by something other than our settings classes, and who reads them.
+NOT_SETTINGS = {
+    "PGPASSWORD": "libpq (psycopg2) takes the password from it, so it never sits in a URL",
+    "BENTOML_HOME": "BentoML: its writable home on the read-only root filesystem",
+    "HOME": "Streamlit keeps its config under HOME",
+}
+REQUIRED = {
+    "scorer": {"MODEL_TAG", "PORT", "WORKERS", "DATABASE_URL"},
+    "bridge": {"KAFKA_BOOTSTRAP_SERVERS", "SCORER_URL", "METRICS_PORT", "BRIDGE_GROUP_ID"},
+    "writer": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "METRICS_PORT", "WRITER_GROUP_ID"},
+    "migrations": {"DATABASE_URL", "PGPASSWORD"},
+    "topics": {"KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PARTITIONS"},
+}
+
+
+def container_env(objects: list[dict], obj: dict, c: dict) -> dict[str, str | None]:
+    """Every variable a container gets (ConfigMap envFrom included); None = from a Secret."""
+    env: dict[str, str | None] = {}
+    for src in c.get("envFrom") or []:
+        cm = named(objects, "ConfigMap", src["configMapRef"]["name"])
+        env.update(cm["data"])
+    for e in c.get("env") or []:
+        env[e["name"]] = e.get("value")
+    return env
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_chart_sets_exactly_the_variables_the_code_reads(scenario: str) -> None:
+    objects = render(values=scenario_values(scenario))
+    seen = set()
+    for obj in objects:
+        component = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if pod_spec(obj) is None or component == "test":
+            continue
+        seen.add(component)
+        allowed = env_names(*SETTINGS_OF[component]) | set(NOT_SETTINGS)
+        for c in containers(obj):
+            names = set(container_env(objects, obj, c))
+            unknown = names - allowed
+            assert not unknown, f"{component} sets variables no code reads: {sorted(unknown)}"
+            missing = REQUIRED.get(component, set()) - names
+            if component == "scorer" and "DATABASE_URL" in missing:
+                missing -= {"DATABASE_URL"} if scenario == "minimal-values.yaml" else set()
+            assert not missing, f"{component} lacks {sorted(missing)}"
+    assert "scorer" in seen
+
+
+def test_bridge_reaches_the_scorer_service() -> None:
+    objects = render()
+    url = urlsplit(named(objects, "ConfigMap", "fraudstream-bridge")["data"]["SCORER_URL"])
+    svc = named(objects, "Service", url.hostname)
+    assert url.port in {p["port"] for p in svc["spec"]["ports"]}
+
+
+def test_no_password_in_values_or_configmaps() -> None:
+    values = (CHART / "values.yaml").read_text()
+    assert not re.search(r"^\s*password:\s*\S", values, re.MULTILINE | re.IGNORECASE)
+    for scenario in ALL_SCENARIOS:
+        objects = render(values=scenario_values(scenario))
+        for cm in by_kind(objects, "ConfigMap"):
+            for key, value in (cm.get("data") or {}).items():
+                assert "PASSWORD" not in key.upper(), key
+                if key == "DATABASE_URL":
+                    assert urlsplit(value).password is None
+        for obj in objects:
+            for c in containers(obj):
+                for e in c.get("env") or []:
+                    if e["name"] == "PGPASSWORD":
+                        assert "secretKeyRef" in e.get("valueFrom", {}), (
+                            "password must come from a Secret"
+                        )
+
+
+def test_generated_secret_is_random_and_kept_or_an_existing_one_is_used() -> None:
+    a = named(render(), "Secret", "fraudstream-database")
+    b = named(render(sets=("logging.level=DEBUG",)), "Secret", "fraudstream-database")
+    assert a["data"]["password"] != b["data"]["password"]  # random (lookup keeps it on a cluster)
+    assert a["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    objects = render(values=scenario_values("existing-secret-values.yaml"))
+    assert not by_kind(objects, "Secret")
+    refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for o in objects
+        for c in containers(o)
+        for e in c.get("env") or []
+        if e["name"] == "PGPASSWORD"
+    }
+    assert refs == {("postgres", "password")}
+
+
+def test_hook_jobs_run_before_the_app_and_after_the_secret() -> None:
+    objects = render()
+    secret = named(objects, "Secret", "fraudstream-database")
+    for name, args in [
+        ("fraudstream-migrations", ["migrate"]),
+        ("fraudstream-topics", ["topics", "create"]),
+    ]:
+        job = named(objects, "Job", name)
+        ann = job["metadata"]["annotations"]
+        assert set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+        assert int(ann["helm.sh/hook-weight"]) > int(
+            secret["metadata"]["annotations"]["helm.sh/hook-weight"]
+        )
+        c = containers(job)[0]
+        assert c["command"] + c["args"] == ["fraudstream", *args]
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        assert not c.get("envFrom"), "a pre-install hook cannot read the chart's ConfigMaps"
+
+
+def test_helm_test_scores_the_example_transaction() -> None:
+    pod = named(render(), "Pod", "fraudstream-test-score")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = containers(pod)[0]
+    code, url = c["args"]
+    assert "EXAMPLE_TRANSACTION" in code and '"/score"' in code
+    compile(code, "helm-test", "exec")
+    assert url == "http://fraudstream-scorer:3000"
+
+
+# --------------------------------------------------------------------------- network policies
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_every_pod_is_fenced_by_a_network_policy() -> None:
+    objects = render()
+    policies = by_kind(objects, "NetworkPolicy")
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        labels = (
+            obj["metadata"]["labels"]
+            if obj["kind"] == "Pod"
+            else obj["spec"]["template"]["metadata"]["labels"]
+        )
+        mine = [p for p in policies if _matches(p["spec"]["podSelector"], labels)]
+        assert mine, f"{obj['kind']}/{obj['metadata']['name']} has no NetworkPolicy"
+        for p in mine:
+            assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            for rule in p["spec"].get("egress", []):
+                assert rule.get("ports"), f"{p['metadata']['name']}: egress to every port"
+
+
+def test_network_policies_allow_the_pipeline_and_scraping() -> None:
+    objects = render()
+    scorer = named(objects, "NetworkPolicy", "fraudstream-scorer")
+    bridge_pods = named(objects, "Deployment", "fraudstream-bridge")["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    test_pod = named(objects, "Pod", "fraudstream-test-score")["metadata"]["labels"]
+    peers = [peer for rule in scorer["spec"]["ingress"] for peer in rule.get("from", [])]
+    assert any("podSelector" in p and _matches(p["podSelector"], bridge_pods) for p in peers)
+    assert any("podSelector" in p and _matches(p["podSelector"], test_pod) for p in peers)
+    assert any("namespaceSelector" in p for p in peers), "Prometheus must be able to scrape"
+    bridge = named(objects, "NetworkPolicy", "fraudstream-bridge")
+    egress_ports = {port["port"] for rule in bridge["spec"]["egress"] for port in rule["ports"]}
+    assert {53, 9092, 3000} <= egress_ports
+
+
+# --------------------------------------------------------------------------- monitoring objects
+
+
+def test_service_monitors_scrape_named_ports_of_real_services() -> None:
+    objects = render()
+    services = by_kind(objects, "Service")
+    for sm in by_kind(objects, "ServiceMonitor"):
+        sel = sm["spec"]["selector"]
+        picked = [
+            s
+            for s in services
+            if _matches(sel, s["metadata"]["labels"])
+            and all(
+                s["metadata"]["labels"].get(e["key"]) in e["values"]
+                for e in sel.get("matchExpressions", [])
+            )
+        ]
+        assert picked, f"ServiceMonitor/{sm['metadata']['name']} selects no Service"
+        for s in picked:
+            names = {p["name"] for p in s["spec"]["ports"]}
+            for ep in sm["spec"]["endpoints"]:
+                assert ep["port"] in names, (sm["metadata"]["name"], s["metadata"]["name"])
+
+
+def test_prometheus_rule_has_the_promised_alerts() -> None:
+    rule = named(render(), "PrometheusRule", "fraudstream-alerts")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    exprs = " ".join(r["expr"] for r in alerts.values())
+    for metric in [
+        "bentoml_service_request_total",  # error rate
+        "bentoml_service_request_duration_seconds_bucket",  # p99 latency
+        "fraudstream_bridge_consumer_lag",
+        "fraudstream_bridge_dlq_messages_total",
+        "fraudstream_writer_rows_inserted_total",  # no rows written
+    ]:
+        assert metric in exprs, metric
+    assert any("FraudRate" in a for a in alerts)
+    assert any("5m" in r["expr"] for r in alerts.values() if "rows_inserted" in r["expr"])
+    for a in alerts.values():
+        assert a["labels"]["severity"] in {"warning", "critical"}
+        assert a["annotations"]["summary"]
+
+
+def test_dashboards_are_grafana_json_for_the_sidecar() -> None:
+    cms = [
+        c for c in by_kind(render(), "ConfigMap") if "grafana_dashboard" in c["metadata"]["labels"]
+    ]
+    assert cms
+    for cm in cms:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        for body in cm["data"].values():
+            dash = json.loads(body)
+            assert dash["uid"] and dash["panels"]
+            assert all(t["expr"] for p in dash["panels"] for t in p["targets"])
+
+
+def test_monitoring_switches_off_cleanly() -> None:
+    kinds = {o["kind"] for o in render(values=scenario_values("monitoring-off-values.yaml"))}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule"}
+    cms = by_kind(render(values=scenario_values("monitoring-off-values.yaml")), "ConfigMap")
+    assert not [c for c in cms if "grafana_dashboard" in c["metadata"]["labels"]]
+
+
+# --------------------------------------------------------------------------- values documentation
+
+
+def test_every_value_has_a_helm_docs_comment() -> None:
+    """Each value line is documented by a `# --` comment, itself or through a documented parent."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    documented_parents: list[int] = []  # indents of documented open blocks
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z_][\w.-]*):(.*)$", line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+        documented_parents = [d for d in documented_parents if d < indent]
+        j = i - 1
+        while (
+            j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --")
+        ):
+            j -= 1
+        has_doc = j >= 0 and lines[j].strip().startswith("# --")
+        is_leaf = rest not in ("",) and not rest.startswith("#")
+        if has_doc and not is_leaf:
+            documented_parents.append(indent)
+        if is_leaf and not has_doc and not documented_parents:
+            undocumented.append(f"line {i + 1}: {key}")
+    assert not undocumented, undocumented
+
+
+def test_values_schema_is_draft7_and_catches_typos() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert schema.get("additionalProperties") is False
+    for part in ("scorer", "bridge", "writer", "database", "kafka"):
+        assert schema["properties"][part].get("additionalProperties") is False, part
