@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
+from crd_schemas import CUSTOM_RESOURCES
 from k8s_helpers import (
     CHART,
     KUBE_VERSIONS,
@@ -21,7 +22,6 @@ from k8s_helpers import (
     skaffold_release,
     skaffold_sets,
 )
-from crd_schemas import CUSTOM_RESOURCES
 from kubernetes_validate import utils as kv
 
 from fraudstream.settings import (
