@@ -1,0 +1,455 @@
+"""The fraud scorer: a BentoML 1.4 service around the CatBoost fraud model.
+
+    POST /score        one transaction (flat TETA JSON)          -> one ScoreResult
+    POST /score_batch  {"transactions": [...]} (1..MAX_BATCH_SIZE) -> [ScoreResult, ...] in order
+
+Concurrent ``/score`` calls go through BentoML's adaptive batcher (``batchable=True``), so many
+single-transaction requests become one model call. Bodies are parsed and validated by
+:class:`RequestGate` (an ASGI middleware) before BentoML sees them, so bad input gets a 4xx
+``{"error", "field", "reason"}`` naming the field, is counted in
+``fraudstream_scorer_rejected_requests_total``, never reaches a log (personal fields), and never
+enters a batch. Configuration: :class:`fraudstream.settings.ScorerSettings` (environment).
+
+Run from the repository root: ``bentoml serve bentos.fraud_scorer.service:FraudScorer``
+(or ``make serve``); build with ``bentoml build -f bentos/fraud_scorer/bentofile.yaml .``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import bentoml
+from _bentoml_sdk.io_models import IORootModel
+from bentoml.exceptions import ServiceUnavailable
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
+from fraudstream.scoring import ScoreResult
+from fraudstream.settings import DatabaseSettings, LogSettings, ScorerSettings
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("fraudstream.scorer")
+
+SETTINGS = ScorerSettings()
+DATABASE_URL = DatabaseSettings().database_url
+
+SCORE_ROUTE = "/score"
+BATCH_ROUTE = "/score_batch"
+# request bodies larger than this are refused unread (413); a transaction is < 2 kB of JSON
+MAX_SCORE_BYTES = 16 * 1024
+MAX_BATCH_BYTES = 4096 * SETTINGS.max_batch_size + 1024
+# batch bodies larger than this are validated in a worker thread, not on the event loop
+THREAD_PARSE_BYTES = 64 * 1024
+PARSED_KEY = "fraudstream.parsed"  # where the gate leaves the validated input in the ASGI scope
+
+SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class ScorerMetrics:
+    """Our Prometheus metrics (BentoML's own ``bentoml_service_*`` ones come for free)."""
+
+    score: Any
+    fraud_flags: Any
+    transactions: Any
+    model_info: Any
+    rejected: Any
+
+
+@functools.cache
+def metrics() -> ScorerMetrics:
+    """Created on first use, inside the worker: BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` only
+    after importing this module, and prometheus_client must see it at import time."""
+    import prometheus_client as prom
+
+    return ScorerMetrics(
+        score=prom.Histogram(
+            "fraudstream_scorer_score",
+            "Fraud scores returned (one observation per scored transaction)",
+            ["endpoint"],
+            buckets=SCORE_BUCKETS,
+        ),
+        fraud_flags=prom.Counter(
+            "fraudstream_scorer_fraud_flags", "Transactions flagged as fraud", ["endpoint"]
+        ),
+        transactions=prom.Counter(
+            "fraudstream_scorer_transactions", "Transactions scored", ["endpoint"]
+        ),
+        model_info=prom.Gauge(
+            "fraudstream_scorer_model_info",
+            "The model being served (value 1); labels carry its version and threshold",
+            ["model_version", "threshold"],
+            multiprocess_mode="livemax",
+        ),
+        rejected=prom.Counter(
+            "fraudstream_scorer_rejected_requests",
+            "Requests refused before scoring, by reason",
+            ["endpoint", "reason"],
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /score_batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transactions: list[Transaction] = Field(
+        min_length=1,
+        max_length=SETTINGS.max_batch_size,
+        description=f"1 to {SETTINGS.max_batch_size} transactions; results come in this order",
+    )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a request body cannot be scored; becomes a 4xx JSON answer."""
+
+    status: int
+    reason: str
+    field: str
+    message: str
+    errors: tuple[dict[str, str], ...] = ()
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {
+            "error": self.message,
+            "field": self.field,
+            "reason": self.reason,
+        }
+        if len(self.errors) > 1:
+            body["errors"] = list(self.errors)
+        return Response(json.dumps(body), status_code=self.status, media_type="application/json")
+
+
+_TYPE_ERRORS = ("_type", "_parsing")
+
+
+def rejection_from(error: ValidationError, batch: bool) -> Rejection:
+    """The first problem of a validation error, as a Rejection that names the field.
+
+    Built only from pydantic's location, type and message, never from the input value, so a
+    rejection can be returned and logged without leaking personal fields.
+    """
+    details = error.errors(include_url=False, include_context=False, include_input=False)
+    listed = tuple({"field": _field_name(d["loc"]), "message": d["msg"]} for d in details[:20] if d)
+    first = details[0]
+    field, kind, msg = _field_name(first["loc"]), first["type"], first["msg"]
+    status = 400
+    if kind == "json_invalid":
+        reason, field = "invalid_json", "body"
+    elif batch and first["loc"] == ("transactions",) and kind == "too_short":
+        reason = "empty_batch"
+    elif batch and first["loc"] == ("transactions",) and kind == "too_long":
+        reason, status = "batch_too_large", 413
+    elif kind == "missing":
+        reason = "missing_field"
+    elif kind == "extra_forbidden":
+        reason = "unknown_field"
+    elif kind in ("model_type", "model_attributes_type", "dict_type") and not first["loc"]:
+        reason, field, msg = "invalid_type", "body", "the body must be a JSON object"
+    elif kind.endswith(_TYPE_ERRORS):
+        reason = "invalid_type"
+    else:
+        reason = "invalid_value"
+    return Rejection(status, reason, field, f"{field}: {msg}", listed)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def parse_transaction(body: bytes) -> list[Transaction] | Rejection:
+    """A ``/score`` body -> [Transaction] (a batch of one, as the batcher wants) or why not."""
+    try:
+        return [Transaction.model_validate_json(body)]
+    except ValidationError as err:
+        return rejection_from(err, batch=False)
+
+
+def parse_batch(body: bytes) -> BatchRequest | Rejection:
+    """A ``/score_batch`` body -> BatchRequest, or why not."""
+    try:
+        return BatchRequest.model_validate_json(body)
+    except ValidationError as err:
+        return rejection_from(err, batch=True)
+
+
+@dataclass(frozen=True)
+class _Route:
+    endpoint: str
+    max_bytes: int
+    parse: Callable[[bytes], Any]
+
+
+ROUTES: dict[str, _Route] = {
+    SCORE_ROUTE: _Route("score", MAX_SCORE_BYTES, parse_transaction),
+    BATCH_ROUTE: _Route("score_batch", MAX_BATCH_BYTES, parse_batch),
+}
+
+
+class RequestGate:
+    """ASGI middleware in front of the scoring APIs: size, media type, JSON and schema checks.
+
+    A valid body is parsed once and handed to the API through the ASGI scope; an invalid one
+    is answered here with a 4xx naming the field.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        outcome = await self._read_and_parse(scope, receive, route)
+        if isinstance(outcome, Rejection):
+            metrics().rejected.labels(route.endpoint, outcome.reason).inc()
+            await outcome.response()(scope, receive, send)
+            return
+        scope[PARSED_KEY] = outcome
+        await self.app(scope, _empty_body, send)
+
+    async def _read_and_parse(self, scope: Scope, receive: Receive, route: _Route) -> Any:
+        headers = dict(scope.get("headers") or ())
+        media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+        if media_type and media_type != b"application/json" and not media_type.endswith(b"+json"):
+            return Rejection(
+                415,
+                "unsupported_media_type",
+                "content-type",
+                "content-type: the body must be application/json",
+            )
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > route.max_bytes:
+            return _too_large(route)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                return Rejection(400, "disconnected", "body", "body: the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > route.max_bytes:
+                return _too_large(route)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not body.strip():
+            return Rejection(400, "invalid_json", "body", "body: expected a JSON object")
+        if size > THREAD_PARSE_BYTES:
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(route.parse, body)
+        return route.parse(body)
+
+
+def _too_large(route: _Route) -> Rejection:
+    return Rejection(413, "body_too_large", "body", f"body: larger than {route.max_bytes} bytes")
+
+
+async def _empty_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _parsed(request: Request, parse: Callable[[bytes], Any]) -> Awaitable[Any]:
+    """The gate's result, or (when the gate is not installed) a parse of the body here."""
+
+    async def get() -> Any:
+        if PARSED_KEY in request.scope:
+            return request.scope[PARSED_KEY]
+        outcome = parse(await request.body())
+        if isinstance(outcome, Rejection):  # BentoML answers InvalidArgument with a 400
+            raise bentoml.exceptions.InvalidArgument(outcome.message)
+        return outcome
+
+    return get()
+
+
+# --------------------------------------------------------------------------- HTTP I/O specs
+
+
+class ScoreInput(bentoml.IODescriptor, Transaction):
+    """``POST /score`` body: one flat transaction. Documented as the Transaction schema; the API
+    receives it as a one-element list, the unit BentoML's adaptive batcher concatenates."""
+
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_TRANSACTION})
+    __root_input__: ClassVar[bool] = True
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> Any:
+        return await _parsed(request, parse_transaction)
+
+
+class ScoreOutput(bentoml.IODescriptor, ScoreResult):
+    """``POST /score`` answer: the one result of this request's slice of the batch."""
+
+    @classmethod
+    async def to_http_response(cls, obj: Any, serde: Any) -> Response:
+        (result,) = obj
+        return Response(result.model_dump_json(), media_type="application/json")
+
+
+class BatchInput(bentoml.IODescriptor, BatchRequest):
+    """``POST /score_batch`` body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"transactions": [EXAMPLE_TRANSACTION]}}
+    )
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> Any:
+        return await _parsed(request, parse_batch)
+
+
+class BatchOutput(IORootModel[list[ScoreResult]]):
+    """``POST /score_batch`` answer: one result per transaction, in input order."""
+
+    @classmethod
+    async def to_http_response(cls, obj: Any, serde: Any) -> Response:
+        body = b"[" + b",".join(r.model_dump_json().encode() for r in obj) + b"]"
+        return Response(body, media_type="application/json")
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@bentoml.service(
+    name="fraud_scorer",
+    workers=SETTINGS.workers,
+    threads=1,  # model calls of a worker run one at a time; batching gives the throughput
+    traffic={"timeout": 30},
+    http={"port": SETTINGS.port},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={"excluded_urls": ["/livez", "/readyz", "/metrics"]},
+    labels={"owner": "fraudstream", "component": "scorer"},
+)
+class FraudScorer:
+    """Scores card transactions for fraud (CatBoost), with per-card history features."""
+
+    model = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        from fraudstream.history import InMemoryHistoryStore, PostgresHistoryStore
+        from fraudstream.logs import setup_logging
+        from fraudstream.scoring import Scorer
+
+        log_settings = LogSettings()
+        setup_logging(log_settings.log_level, log_settings.log_format)
+        # uvicorn's own per-request log would now reach our handler: BentoML's access log
+        # (ACCESS_LOG) is the one to use
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        started = time.perf_counter()
+        classifier = bentoml.catboost.load_model(self.model)
+        metadata = dict(self.model.info.metadata)
+        version = str(self.model.tag)
+        # warm the model and the feature code on a private store (first requests stay fast)
+        Scorer(classifier, metadata, InMemoryHistoryStore()).score(
+            [Transaction.model_validate(EXAMPLE_TRANSACTION)]
+        )
+        self.database_url = DATABASE_URL
+        history = PostgresHistoryStore(DATABASE_URL) if DATABASE_URL else InMemoryHistoryStore()
+        self.scorer = Scorer(
+            classifier, metadata, history, threshold=SETTINGS.threshold, model_version=version
+        )
+        self.metrics = metrics()
+        self.metrics.model_info.labels(version, f"{self.scorer.threshold:.6g}").set(1)
+        log.info(
+            "model %s loaded (threshold %.6g, history %s) in %.1f s",
+            version,
+            self.scorer.threshold,
+            "postgresql" if DATABASE_URL else "in-memory",
+            time.perf_counter() - started,
+        )
+        if SETTINGS.workers > 1 and not DATABASE_URL:
+            log.warning(
+                "%d workers without DATABASE_URL: each keeps its own history", SETTINGS.workers
+            )
+
+    @bentoml.api(
+        route=SCORE_ROUTE,
+        batchable=True,
+        max_batch_size=max(2, SETTINGS.adaptive_max_batch_size),
+        max_latency_ms=SETTINGS.adaptive_max_latency_ms,
+        input_spec=ScoreInput,
+        output_spec=ScoreOutput,
+    )
+    def score(self, transactions: list[Transaction]) -> list[ScoreResult]:
+        """Score one transaction. Concurrent calls are batched into one model call."""
+        return self._score(transactions, "score")
+
+    @bentoml.api(route=BATCH_ROUTE, input_spec=BatchInput, output_spec=BatchOutput)
+    def score_batch(self, transactions: list[Transaction]) -> list[ScoreResult]:
+        """Score up to MAX_BATCH_SIZE transactions; results come in input order."""
+        return self._score(transactions, "score_batch")
+
+    def _score(self, transactions: Sequence[Transaction], endpoint: str) -> list[ScoreResult]:
+        try:
+            results = self.scorer.score(transactions)
+        except Exception as err:
+            if not _is_store_error(err):
+                raise
+            log.error("history store unavailable: %s", type(err).__name__)
+            raise ServiceUnavailable("history store unavailable, retry later") from None
+        m = self.metrics
+        observe = m.score.labels(endpoint).observe
+        flagged = 0
+        for result in results:
+            observe(result.score)
+            flagged += result.fraud_flag
+        m.transactions.labels(endpoint).inc(len(results))
+        if flagged:
+            m.fraud_flags.labels(endpoint).inc(flagged)
+        return results
+
+    def __is_ready__(self) -> bool:
+        """Ready once the model is loaded (``__init__`` done) and the database answers."""
+        if not self.database_url:
+            return True
+        import psycopg2
+
+        try:
+            conn = psycopg2.connect(self.database_url, connect_timeout=2)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+            finally:
+                conn.close()
+        except psycopg2.Error:
+            return False
+        return True
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.scorer.history.close()
+
+
+def _is_store_error(err: Exception) -> bool:
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - psycopg2 is a dependency
+        return isinstance(err, OSError)
+    return isinstance(err, (psycopg2.Error, OSError))
+
+
+FraudScorer.add_asgi_middleware(RequestGate)
