@@ -19,6 +19,7 @@ import pytest
 
 from fraudstream.local.kafka import KafkaBroker, MissingToolError
 from fraudstream.local.postgres import PostgresServer
+from fraudstream.local.scorer import ScorerServer
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +86,18 @@ def topics() -> dict[str, str]:
         "scoring": f"scoring-{suffix}",
         "dlq": f"transactions.dlq-{suffix}",
     }
+
+
+@pytest.fixture(scope="session")
+def scorer_url(session_dir: Path, bentoml_home: str | Path, trained_model: str) -> Iterator[str]:
+    """Base URL of a real ``bentoml serve`` of the fraud scorer serving ``trained_model``
+    (in-memory history, one worker) on a free port; ready (``/readyz`` = 200) when yielded."""
+    env = {
+        "BENTOML_HOME": str(bentoml_home),
+        "MODEL_TAG": str(trained_model),
+        "DATABASE_URL": "",
+        "WORKERS": "1",
+        "LOG_FORMAT": "json",
+    }
+    with ScorerServer(session_dir / "scorer.log", env=env) as server:
+        yield server.url

@@ -1,0 +1,116 @@
+"""The fraud scorer as a local process: ``bentoml serve`` of ``bentos/fraud_scorer`` on a port.
+
+Used by the tests (the ``scorer_url`` fixture), the benchmarks under ``loadtest/`` and
+``make serve``. The process runs in its own process group; :meth:`ScorerServer.stop` sends
+SIGTERM (BentoML shuts down gracefully) and SIGKILL only if it has not exited in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from fraudstream.local.paths import REPO_ROOT, free_port
+
+SERVICE = "bentos.fraud_scorer.service:FraudScorer"
+
+
+class ScorerServer:
+    """One ``bentoml serve`` of the scorer; ``env`` adds/overrides environment variables
+    (``MODEL_TAG``, ``DATABASE_URL``, ``WORKERS``, ``BENTOML_HOME``, ...)."""
+
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        target: str = SERVICE,
+    ) -> None:
+        self.port = port or free_port()
+        self.log_path = Path(log_path)
+        self.env = dict(env or {})
+        self.target = target
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.ready_after = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> ScorerServer:
+        """Start and wait until ``/readyz`` answers 200; raise with the log tail if it cannot."""
+        env = {**os.environ, **self.env, "PORT": str(self.port)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.started_at = time.perf_counter()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1"]
+                + ["--port", str(self.port)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the scorer exited with {self.proc.returncode}:\n{self.tail()}")
+            if self.ready():
+                self.ready_after = time.perf_counter() - self.started_at
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the scorer was not ready within {timeout:.0f} s:\n{self.tail()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def pids(self) -> list[int]:
+        """The process group's processes (the arbiter and its workers)."""
+        if self.proc is None:
+            return []
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getpgid(int(entry.name)) == self.proc.pid:
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return sorted(pids)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the process group, wait, then SIGKILL; return the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+        except ProcessLookupError:
+            return self.proc.wait(10)
+
+    def tail(self, chars: int = 4000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def __enter__(self) -> ScorerServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
