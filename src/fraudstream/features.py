@@ -69,8 +69,11 @@ HISTORY_FEATURES: tuple[str, ...] = (
     "h_new_merch_24h",
     "h_hour_share",
     "h_night_24h",
+    "h_big_24h",
+    "h_rate_per_day",
 )
 NAN = float("nan")
+BIG = 3.0  # an amount over BIG x the holder's mean counts as big (h_big_24h)
 
 
 def feature_names(history: bool = True) -> list[str]:
@@ -89,10 +92,6 @@ def merchant_code(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def _is_night(hour: int) -> bool:
-    return hour >= 22 or hour < 4
-
-
 class CardState:
     """What the system remembers about one card holder: aggregates plus the last 7 days.
 
@@ -107,9 +106,12 @@ class CardState:
         "sum_log",
         "sum_log2",
         "last_t",
+        "first_t",
         "ts",
         "amts",
-        "flags",
+        "newms",
+        "nights",
+        "bigs",
         "hours",
         "cat_n",
         "cat_sum",
@@ -122,9 +124,12 @@ class CardState:
         self.sum_log = 0.0
         self.sum_log2 = 0.0
         self.last_t: float | None = None
+        self.first_t: float | None = None
         self.ts: list[float] = []  # times of the last 7 days, sorted
         self.amts: list[float] = []
-        self.flags: list[int] = []  # bit 0: new merchant, bit 1: night
+        self.newms: list[int] = []  # 1 if the transaction was at a new merchant
+        self.nights: list[int] = []  # 1 if it was at night
+        self.bigs: list[int] = []  # 1 if its amount was over BIG x the holder's mean before it
         self.hours = [0] * 24
         self.cat_n = [0] * len(CATEGORIES)
         self.cat_sum = [0.0] * len(CATEGORIES)
@@ -140,18 +145,19 @@ class CardState:
             if cut:
                 del ts[:cut]
                 del self.amts[:cut]
-                del self.flags[:cut]
+                del self.newms[:cut]
+                del self.nights[:cut]
+                del self.bigs[:cut]
             end = len(ts)
         else:
             end = bisect_right(ts, t)
         amts = self.amts
-        flags = self.flags
         i7 = bisect_right(ts, t - WEEK, 0, end)
         i24 = bisect_right(ts, t - DAY, i7, end)
         i1 = bisect_right(ts, t - HOUR, i24, end)
         log_amt = math.log1p(amount)
         new_merchant = merchant not in self.merchants
-        night = _is_night(hour)
+        night = hour >= 22 or hour < 4
         cat_n = self.cat_n[cat]
         if n:
             mean_log = self.sum_log / n
@@ -164,7 +170,6 @@ class CardState:
                 since = t - last_t
             else:
                 since = NAN
-            recent_flags = flags[i24:end]
             features = (
                 float(n),
                 float(end - i1),
@@ -180,9 +185,11 @@ class CardState:
                 cat_n / n,
                 amount * cat_n / self.cat_sum[cat] if cat_n else NAN,
                 1.0 if new_merchant else 0.0,
-                float(sum(f & 1 for f in recent_flags)),
+                float(sum(self.newms[i24:end])),
                 near / n,
-                float(sum(f >> 1 for f in recent_flags)),
+                float(sum(self.nights[i24:end])),
+                float(sum(self.bigs[i24:end])),
+                n * DAY / max(t - self.first_t, DAY) if self.first_t is not None else NAN,
             )
         else:
             features = (
@@ -203,17 +210,25 @@ class CardState:
                 0.0,
                 NAN,
                 0.0,
+                0.0,
+                NAN,
             )
         # remember
-        flag = (1 if new_merchant else 0) | (2 if night else 0)
+        big = n > 0 and amount * n > BIG * self.sum_amt
         if end == len(ts):
             ts.append(t)
             amts.append(amount)
-            flags.append(flag)
+            self.newms.append(1 if new_merchant else 0)
+            self.nights.append(1 if night else 0)
+            self.bigs.append(1 if big else 0)
         else:
             ts.insert(end, t)
             amts.insert(end, amount)
-            flags.insert(end, flag)
+            self.newms.insert(end, 1 if new_merchant else 0)
+            self.nights.insert(end, 1 if night else 0)
+            self.bigs.insert(end, 1 if big else 0)
+        if self.first_t is None or t < self.first_t:
+            self.first_t = t
         self.n = n + 1
         self.sum_amt += amount
         self.sum_log += log_amt
@@ -234,9 +249,12 @@ class CardState:
             "sum_log": self.sum_log,
             "sum_log2": self.sum_log2,
             "last_t": self.last_t,
+            "first_t": self.first_t,
             "ts": self.ts,
             "amts": self.amts,
-            "flags": self.flags,
+            "newms": self.newms,
+            "nights": self.nights,
+            "bigs": self.bigs,
             "hours": self.hours,
             "cat_n": self.cat_n,
             "cat_sum": self.cat_sum,
@@ -251,9 +269,12 @@ class CardState:
         state.sum_log = float(data["sum_log"])
         state.sum_log2 = float(data["sum_log2"])
         state.last_t = None if data["last_t"] is None else float(data["last_t"])
+        state.first_t = None if data["first_t"] is None else float(data["first_t"])
         state.ts = [float(v) for v in data["ts"]]
         state.amts = [float(v) for v in data["amts"]]
-        state.flags = [int(v) for v in data["flags"]]
+        state.newms = [int(v) for v in data["newms"]]
+        state.nights = [int(v) for v in data["nights"]]
+        state.bigs = [int(v) for v in data["bigs"]]
         state.hours = [int(v) for v in data["hours"]]
         state.cat_n = [int(v) for v in data["cat_n"]]
         state.cat_sum = [float(v) for v in data["cat_sum"]]
@@ -275,7 +296,11 @@ def events_from_frame(frame: pd.DataFrame) -> list[Event]:
     micros = times.to_numpy(dtype="datetime64[us]").astype(np.int64)
     seconds = (micros / 1e6).tolist()
     hours = times.dt.hour.to_numpy().tolist()
-    names = zip(frame["name_1"], frame["name_2"], frame["street"], strict=True)
+
+    def column(name: str) -> list:
+        return frame[name].to_numpy(dtype=object).tolist()
+
+    names = zip(column("name_1"), column("name_2"), column("street"), strict=True)
     key_cache: dict[tuple[str, str, str], str] = {}
     keys = []
     for triple in names:
@@ -283,9 +308,10 @@ def events_from_frame(frame: pd.DataFrame) -> list[Event]:
         if key is None:
             key = key_cache[triple] = card_key(*triple)
         keys.append(key)
-    merch_codes = {m: merchant_code(m) for m in frame["merch"].unique()}
-    merchants = [merch_codes[m] for m in frame["merch"]]
-    cats = [CATEGORY_INDEX[c] for c in frame["cat_id"]]
+    merch = column("merch")
+    merch_codes = {m: merchant_code(m) for m in set(merch)}
+    merchants = [merch_codes[m] for m in merch]
+    cats = [CATEGORY_INDEX[c] for c in column("cat_id")]
     amounts = frame["amount"].astype(float).tolist()
     return list(zip(keys, seconds, amounts, cats, merchants, hours, strict=True))
 
