@@ -32,6 +32,12 @@ $(STAMP): requirements.lock pyproject.toml
 	  $(UV) pip install -q --python $(PY) --no-deps -e .; \
 	  touch $(STAMP)'
 
+# The scorer alone on port $PORT (default 3000); the model named by MODEL_TAG (default fraud-model:latest) is
+# trained first if the BentoML store lacks it. Ctrl-C / SIGTERM stop it cleanly.
+serve: venv  ## run the fraud scorer (BentoML) alone on port 3000 (PORT overrides)
+	@$(VENV)/bin/bentoml models get "$${MODEL_TAG:-fraud-model:latest}" >/dev/null 2>&1 || $(MAKE) model
+	exec $(VENV)/bin/bentoml serve bentos.fraud_scorer.service:FraudScorer --port "$${PORT:-3000}"
+
 lint: venv  ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
