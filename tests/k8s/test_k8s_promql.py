@@ -1,0 +1,208 @@
+"""Every PromQL expression of the chart (alert rules and Grafana dashboards) names only metrics
+that the running scorer and consumers really export: a renamed metric must fail here, not leave
+a silent alert and an empty panel in production.
+
+The scorer is a real ``bentoml serve`` (``scorer_url`` fixture); the bridge and the writer are
+real ``fraudstream bridge`` / ``fraudstream writer`` processes against the test Kafka broker and
+PostgreSQL. Each one's ``/metrics`` is read over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from k8s_helpers import CHART, render
+from prometheus_client.parser import text_string_to_metric_families
+from test_k8s_chart import by_kind
+
+from fraudstream.local.paths import free_port
+from fraudstream.schema import EXAMPLE_TRANSACTION
+
+pytestmark = pytest.mark.integration
+
+# PromQL words that look like metric names but are not
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "le", "inf", "nan", "atan2",
+}  # fmt: skip
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "untyped": ("",),
+    "unknown": ("",),
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names an expression selects (label matchers, ranges, strings, functions dropped)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables
+    names = set()
+    for m in re.finditer(r"(?<![\w.])([A-Za-z_:][A-Za-z0-9_:]*)\s*(\()?", text):
+        word, call = m.group(1), m.group(2)
+        if call or word.lower() in PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def test_metric_name_extraction() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le) (rate(a_bucket{ns="x", code=~"5.."}[5m]))) > 0.25'
+        " and on (job) (sum(b_total) or vector(0)) == 0 unless c offset 1h"
+    )
+    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+    assert metric_names('sum(rate(x_total{namespace="$namespace"}[$__rate_interval]))') == {
+        "x_total"
+    }
+
+
+def chart_expressions() -> dict[str, str]:
+    """Where -> expression, for every alert and dashboard panel query the chart renders."""
+    found = {}
+    objects = render()
+    for rule in by_kind(objects, "PrometheusRule"):
+        for group in rule["spec"]["groups"]:
+            for r in group["rules"]:
+                found[f"alert {r.get('alert') or r.get('record')}"] = r["expr"]
+    for path in sorted((CHART / "dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        for panel in dash["panels"]:
+            for t in panel.get("targets", []):
+                found[f"{path.name}: {panel['title']} {t['refId']}"] = t["expr"]
+        for var in dash.get("templating", {}).get("list", []):
+            query = var.get("query")
+            if isinstance(query, dict):
+                inner = re.fullmatch(r"label_values\((\w+),\s*\w+\)", query["query"])
+                if inner:
+                    found[f"{path.name}: variable {var['name']}"] = inner.group(1)
+    return found
+
+
+def exported_names(text: str) -> set[str]:
+    """Sample names a /metrics page exposes, labelled metrics without samples yet included."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.update(s.name for s in family.samples)
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
+    return names
+
+
+def scrape(url: str, deadline_s: float = 60) -> str:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            resp = httpx.get(url, timeout=5)
+            if resp.status_code == 200:
+                return resp.text
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"no /metrics at {url} within {deadline_s}s")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def consumer_metrics(
+    kafka_bootstrap: str, postgres_url: str, topics: dict[str, str], tmp_path: Path
+) -> Iterator[str]:
+    """/metrics text of a real bridge and a real writer."""
+    procs, pages = [], []
+    try:
+        for component in ("bridge", "writer"):
+            port = free_port()
+            env = {
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "TOPIC_TRANSACTIONS": topics["transactions"],
+                "TOPIC_SCORING": topics["scoring"],
+                "TOPIC_DLQ": topics["dlq"],
+                "BRIDGE_GROUP_ID": f"bridge-{topics['scoring']}",
+                "WRITER_GROUP_ID": f"writer-{topics['scoring']}",
+                "SCORER_URL": "http://127.0.0.1:9",  # never called: the topic stays empty
+                "DATABASE_URL": postgres_url,
+                "METRICS_PORT": str(port),
+                "LOG_FORMAT": "text",
+            }
+            log = (tmp_path / f"{component}.log").open("w")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "fraudstream.cli", component],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            pages.append(scrape(f"http://127.0.0.1:{port}/metrics"))
+        yield "\n".join(pages)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+COMPONENT_PREFIXES = {
+    "scorer": ("bentoml_service_", "fraudstream_scorer_"),
+    "consumers": ("fraudstream_bridge_", "fraudstream_writer_"),
+}
+
+
+def names_of(component: str) -> dict[str, set[str]]:
+    """Where -> metric names of one component's families, over every chart expression."""
+    prefixes = COMPONENT_PREFIXES[component]
+    found = {}
+    for where, expr in chart_expressions().items():
+        names = {n for n in metric_names(expr) if n.startswith(prefixes)}
+        if names:
+            found[where] = names
+    return found
+
+
+def assert_exported(component: str, exported: set[str]) -> None:
+    used = names_of(component)
+    assert used, f"no expression uses {component} metrics"
+    unknown = {where: sorted(n - exported) for where, n in used.items() if n - exported}
+    assert not unknown, f"PromQL names {component} metrics it does not export: {unknown}"
+
+
+@pytest.mark.unit
+def test_promql_uses_only_scorer_and_consumer_metrics() -> None:
+    """No third-party metric (kube-state-metrics, cAdvisor...): every name is checked below."""
+    prefixes = tuple(p for ps in COMPONENT_PREFIXES.values() for p in ps)
+    expressions = chart_expressions()
+    assert len(expressions) >= 10
+    for where, expr in expressions.items():
+        names = metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        foreign = sorted(n for n in names if not n.startswith(prefixes))
+        assert not foreign, f"{where}: {foreign}"
+
+
+def test_consumer_metrics_in_promql_are_exported(consumer_metrics: str) -> None:
+    assert_exported("consumers", exported_names(consumer_metrics))
+
+
+def test_scorer_metrics_in_promql_are_exported(scorer_url: str) -> None:
+    # one scored transaction, so every request metric of the scorer has samples
+    resp = httpx.post(f"{scorer_url}/score", json=EXAMPLE_TRANSACTION, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert_exported("scorer", exported_names(httpx.get(f"{scorer_url}/metrics", timeout=10).text))
