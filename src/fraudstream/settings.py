@@ -81,6 +81,9 @@ class BridgeSettings(_Base):
     scorer_backoff_max_s: float = 10.0  # retries never stop; the wait between them is capped
     scorer_max_connections: int = 4
     bridge_group_id: str = "fraudstream-bridge"
+    # static group membership (e.g. the StatefulSet pod name): a restarted member gets its
+    # partitions back at once instead of after the session timeout; empty = dynamic membership
+    bridge_group_instance_id: str = ""
     bridge_batch_size: int = 500
     bridge_batch_max_wait_ms: int = 50
     bridge_commit_interval_ms: int = 1000
@@ -93,6 +96,7 @@ class WriterSettings(_Base):
     """``fraudstream writer``: scoring -> PostgreSQL table ``scores``."""
 
     writer_group_id: str = "fraudstream-writer"
+    writer_group_instance_id: str = ""  # static membership, as BRIDGE_GROUP_INSTANCE_ID
     writer_batch_size: int = 1000
     writer_batch_max_wait_ms: int = 50
     writer_commit_interval_ms: int = 1000
@@ -105,3 +109,10 @@ class ReplaySettings(_Base):
 
     replay_rate: float = 50.0  # transactions per second; 0 = as fast as possible
     metrics_port: int = 0  # 0 = no /metrics endpoint (replay is usually a one-off)
+
+
+class UiSettings(_Base):
+    """The Streamlit analyst page (``ui/app.py``); Kafka and database come from their classes."""
+
+    ui_result_timeout_s: float = 120.0  # how long an upload waits for its scores to be written
+    ui_max_rows: int = 50_000  # larger uploads are refused with a message
