@@ -1,0 +1,71 @@
+"""Read side of the ``scores`` table: what the analyst page and tests ask of the results.
+
+Only columns of ``scores`` (no personal data is ever stored there); queries are cheap thanks to
+the primary key and the partial index behind the ``scores_recent_fraud`` view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import psycopg2
+
+RESULT_COLUMNS = (
+    "transaction_id",
+    "event_time",
+    "merchant",
+    "category",
+    "amount",
+    "score",
+    "fraud_flag",
+    "threshold",
+    "model_version",
+    "reasons",
+    "scored_at",
+    "written_at",
+)
+_SELECT = ", ".join(RESULT_COLUMNS)
+
+
+def _query(dsn: str, sql: str, params: Sequence | None = None) -> pd.DataFrame:
+    with psycopg2.connect(dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+        columns = [d.name for d in cur.description]
+    conn.close()
+    frame = pd.DataFrame(rows, columns=columns)
+    if "amount" in frame:
+        frame["amount"] = frame["amount"].astype(float)
+    return frame
+
+
+def latest_frauds(dsn: str, limit: int = 10) -> pd.DataFrame:
+    """The most recently written flagged transactions, newest first."""
+    return _query(
+        dsn,
+        f"SELECT {_SELECT.replace('fraud_flag', 'true AS fraud_flag')} "
+        "FROM scores_recent_fraud LIMIT %s",
+        (limit,),
+    )
+
+
+def latest_scores(dsn: str, limit: int = 100) -> pd.DataFrame:
+    """The most recently written scores, newest first."""
+    return _query(dsn, f"SELECT {_SELECT} FROM scores ORDER BY id DESC LIMIT %s", (limit,))
+
+
+def scores_for(dsn: str, transaction_ids: Sequence[str]) -> pd.DataFrame:
+    """The stored scores of these transactions (those written so far), in no particular order."""
+    if not transaction_ids:
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    return _query(
+        dsn,
+        f"SELECT {_SELECT} FROM scores WHERE transaction_id = ANY(%s)",
+        (list(transaction_ids),),
+    )
+
+
+def reasons_text(reasons: list[dict] | None) -> str:
+    """'amount_vs_mean=12.3, hour=23' for a table cell."""
+    return ", ".join(f"{r['feature']}={r['value']}" for r in reasons or [])
