@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -212,12 +213,16 @@ class BridgeStep:
         futures += [self.dlq.send(v.record, "scorer_rejected", err) for v, err in rejected]
 
         scored_at = iso_utc(time.time())
+        # Keys are unique ids, so any stable hash spreads them; crc32 is C, murmur2 here is not.
+        partitions = sorted(self.producer.partitions_for(self.scoring_topic))
         for item, result in results:
+            key = item.transaction_id.encode()
             futures.append(
                 self.producer.send(
                     self.scoring_topic,
-                    key=item.transaction_id.encode(),
+                    key=key,
                     value=self._result_value(item, result, scored_at),
+                    partition=partitions[zlib.crc32(key) % len(partitions)],
                 )
             )
         from fraudstream.kafka_runner import wait_delivered
@@ -295,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
 
     logs = LogSettings()
     setup_logging(logs.log_level, logs.log_format)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     kafka = KafkaSettings()
     settings = BridgeSettings()
     scorer_url = args.scorer_url or settings.scorer_url
@@ -329,7 +336,11 @@ def run(args: argparse.Namespace) -> int:
         producer, kafka.topic_dlq, settings.dlq_max_ratio, settings.dlq_window, metrics
     )
     step = BridgeStep(scorer, producer, kafka.topic_scoring, dead_letters, metrics)
-    consumer = make_consumer(kafka.kafka_bootstrap_servers, settings.bridge_group_id)
+    consumer = make_consumer(
+        kafka.kafka_bootstrap_servers,
+        settings.bridge_group_id,
+        group_instance_id=settings.bridge_group_instance_id or None,
+    )
     runner = BatchRunner(
         consumer,
         kafka.topic_transactions,

@@ -131,7 +131,7 @@ def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Any:
         "max_poll_records": 2000,
         "fetch_max_wait_ms": 100,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        "session_timeout_ms": 20000,
+        "session_timeout_ms": 10000,  # a dead member's partitions move on after 10 s
         "heartbeat_interval_ms": 2000,
         "max_poll_interval_ms": 600000,
         "client_id": f"fraudstream-{group_id}",

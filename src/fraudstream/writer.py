@@ -302,7 +302,11 @@ def run(args: argparse.Namespace) -> int:
         producer, kafka.topic_dlq, guard.dlq_max_ratio, guard.dlq_window, metrics
     )
     step = WriterStep(store, dead_letters, metrics, writer_metrics)
-    consumer = make_consumer(kafka.kafka_bootstrap_servers, settings.writer_group_id)
+    consumer = make_consumer(
+        kafka.kafka_bootstrap_servers,
+        settings.writer_group_id,
+        group_instance_id=settings.writer_group_instance_id or None,
+    )
     runner = BatchRunner(
         consumer,
         kafka.topic_scoring,

@@ -1,0 +1,248 @@
+"""The streaming path on real Kafka and PostgreSQL, bridge and writer as real subprocesses:
+nothing lost and nothing doubled through crashes, restarts and outages."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import psycopg2
+import pytest
+
+from .conftest import N_TRANSACTIONS, committed_and_end, produce, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+RUN_TIMEOUT = 120
+
+
+def assert_exactly_once(pipe, ids: list[str]) -> None:
+    count, distinct = pipe.rows()
+    assert (count, distinct) == (len(ids), len(ids))
+    assert pipe.ids() == set(ids)
+
+
+def scores_by_id(pipe) -> dict[str, tuple]:
+    with psycopg2.connect(pipe.pg_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT transaction_id, score, fraud_flag, threshold, model_version FROM scores"
+        )
+        return {r[0]: r[1:] for r in cur.fetchall()}
+
+
+def test_end_to_end_every_transaction_once_with_the_scorers_score(
+    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+):
+    pipe = pipeline_factory(scorer.url)
+    bridge, writer = pipe.component("bridge").start(), pipe.component("writer").start()
+    ids = produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions)
+    pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+
+    # SIGTERM: both finish, commit and exit 0 with every offset committed
+    assert bridge.terminate() == 0, bridge.tail()
+    assert writer.terminate() == 0, writer.tail()
+    assert_exactly_once(pipe, ids)
+    for group, topic in (
+        (pipe.bridge_group, pipe.topics["transactions"]),
+        (pipe.writer_group, pipe.topics["scoring"]),
+    ):
+        committed, end = committed_and_end(kafka_bootstrap, group, topic)
+        assert committed == end, (group, committed, end)
+
+    # the stored scores are what /score_batch says for the same input
+    stored = scores_by_id(pipe)
+    frame = loaded_transactions.copy()
+    frame["transaction_id"] = ids
+    from fraudstream.loader import to_transactions
+    from fraudstream.replay import transaction_message
+
+    bodies = [transaction_message(tx)[1] for tx in to_transactions(frame)]
+    with httpx.Client(base_url=scorer.url, timeout=60) as client:
+        for start in range(0, len(bodies), 1000):
+            payload = b'{"transactions":[' + b",".join(bodies[start : start + 1000]) + b"]}"
+            response = client.post(
+                "/score_batch", content=payload, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 200, response.text[:500]
+            for result in response.json():
+                row = stored[result["transaction_id"]]
+                assert row == (
+                    pytest.approx(result["score"], abs=1e-12),
+                    result["fraud_flag"],
+                    pytest.approx(result["threshold"]),
+                    result["model_version"],
+                )
+
+
+@pytest.mark.parametrize("victim", ["bridge", "writer"])
+def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(
+    victim, pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+):
+    pipe = pipeline_factory(scorer.url)
+    parts = {"bridge": pipe.component("bridge"), "writer": pipe.component("writer")}
+    for comp in parts.values():
+        comp.start()
+    sender = threading.Thread(
+        target=lambda: ids.extend(
+            produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions)
+        )
+    )
+    ids: list[str] = []
+    sender.start()
+    wait_until(lambda: pipe.rows()[0] >= N_TRANSACTIONS // 4, RUN_TIMEOUT, what="a quarter")
+    parts[victim].kill()
+    killed_at = pipe.rows()[0]
+    assert killed_at < N_TRANSACTIONS, "the run finished before the kill"
+    parts[victim].start()
+    sender.join(RUN_TIMEOUT)
+    pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+    # let the restarted consumer finish what it re-reads; nothing more may appear
+    wait_until(
+        lambda: (
+            committed_and_end(
+                kafka_bootstrap,
+                pipe.bridge_group if victim == "bridge" else pipe.writer_group,
+                pipe.topics["transactions" if victim == "bridge" else "scoring"],
+            )[0]
+            >= N_TRANSACTIONS
+        ),
+        60,
+        what="offsets committed after the restart",
+    )
+    assert_exactly_once(pipe, ids)
+    print(f"{victim} killed at {killed_at} rows; {len(ids)} rows, all distinct")
+
+
+def test_scorer_down_for_10_s_mid_run_the_bridge_waits_and_resumes(
+    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+):
+    import time
+
+    pipe = pipeline_factory(scorer.url)
+    bridge = pipe.component("bridge").start()
+    pipe.component("writer").start()
+    ids: list[str] = []
+    sender = threading.Thread(
+        target=lambda: ids.extend(
+            produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions, rate=4000)
+        )
+    )
+    sender.start()
+    wait_until(lambda: pipe.rows()[0] >= N_TRANSACTIONS // 5, RUN_TIMEOUT, what="a fifth")
+    scorer.stop()
+    down_at = pipe.rows()[0]
+    time.sleep(10)
+    assert bridge.alive, bridge.tail()
+    stalled = pipe.rows()[0]
+    scorer.start()
+    sender.join(RUN_TIMEOUT)
+    pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+    assert_exactly_once(pipe, ids)
+    assert stalled < N_TRANSACTIONS
+    log = bridge.log_path.read_text()
+    assert "retrying" in log and "scorer answered again" in log
+    print(f"scorer stopped at {down_at} rows, {stalled} after 10 s down; all {len(ids)} stored")
+
+
+def test_postgres_restart_mid_run_the_writer_reconnects(
+    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions, postgres_server
+):
+    if postgres_server is None:
+        pytest.skip("DATABASE_URL points at an external server")
+    pipe = pipeline_factory(scorer.url)
+    pipe.component("bridge").start()
+    writer = pipe.component("writer").start()
+    ids: list[str] = []
+    sender = threading.Thread(
+        target=lambda: ids.extend(
+            produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions)
+        )
+    )
+    sender.start()
+    wait_until(lambda: pipe.rows()[0] >= N_TRANSACTIONS // 5, RUN_TIMEOUT, what="a fifth")
+    postgres_server.restart()
+    sender.join(RUN_TIMEOUT)
+    pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+    assert writer.alive and writer.starts == 1
+    assert_exactly_once(pipe, ids)
+    assert "reconnected to PostgreSQL" in writer.log_path.read_text()
+
+
+def test_kafka_broker_restart_mid_run_loses_nothing(
+    pipeline_factory, scorer, kafka_bootstrap, kafka_broker, loaded_transactions
+):
+    if kafka_broker is None:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker")
+    pipe = pipeline_factory(scorer.url)
+    bridge, writer = pipe.component("bridge").start(), pipe.component("writer").start()
+    ids = produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions)
+    wait_until(lambda: pipe.rows()[0] >= N_TRANSACTIONS // 5, RUN_TIMEOUT, what="a fifth")
+    kafka_broker.restart()
+    pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+    assert bridge.alive and writer.alive
+    assert_exactly_once(pipe, ids)
+
+
+def test_poison_messages_go_to_the_dlq_and_everything_else_is_scored(
+    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+):
+    from fraudstream.kafka_runner import make_producer
+    from fraudstream.schema import EXAMPLE_TRANSACTION
+
+    pipe = pipeline_factory(scorer.url)
+    pipe.component("bridge").start()
+    pipe.component("writer").start()
+    good = loaded_transactions.iloc[:2000]
+    poison = {
+        b"{not json": "not_json",
+        b"\xff\xfe\xfd": "not_json",
+        b'"just a string"': "invalid",
+        json.dumps({**EXAMPLE_TRANSACTION, "amount": -1}).encode(): "invalid",
+        json.dumps({**EXAMPLE_TRANSACTION, "cat_id": "casino"}).encode(): "invalid",
+        json.dumps({**EXAMPLE_TRANSACTION, "extra": 1}).encode(): "invalid",
+        json.dumps({k: v for k, v in EXAMPLE_TRANSACTION.items() if k != "merch"}).encode(): (
+            "invalid"
+        ),
+    }
+    producer = make_producer(kafka_bootstrap)
+    for value in poison:
+        producer.send(pipe.topics["transactions"], key=b"poison", value=value)
+    producer.flush()
+    producer.close()
+    ids = produce(kafka_bootstrap, pipe.topics["transactions"], good)
+    pipe.wait_rows(len(ids), RUN_TIMEOUT)
+    assert_exactly_once(pipe, ids)
+
+    wait_until(
+        lambda: len(read_topic(kafka_bootstrap, pipe.topics["dlq"], 2)) >= len(poison),
+        30,
+        what="DLQ records",
+    )
+    dlq = read_topic(kafka_bootstrap, pipe.topics["dlq"])
+    assert len(dlq) == len(poison)
+    for record in dlq:
+        headers = {k: v for k, v in record.headers}
+        assert headers["error_type"].decode() == poison[record.value]
+        assert headers["error"] and headers["source_topic"] == pipe.topics["transactions"].encode()
+        assert int(headers["source_offset"]) >= 0
+
+
+def test_a_topic_of_mostly_poison_stops_the_bridge_instead_of_draining_it(
+    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+):
+    from fraudstream.kafka_runner import make_producer
+
+    pipe = pipeline_factory(scorer.url, DLQ_WINDOW="100", DLQ_MAX_RATIO="0.5")
+    producer = make_producer(kafka_bootstrap)
+    for i in range(300):
+        producer.send(pipe.topics["transactions"], key=b"k", value=b"garbage %d" % i)
+    producer.flush()
+    producer.close()
+    bridge = pipe.component("bridge").start()
+    assert bridge.proc.wait(60) == 3, bridge.tail()
+    assert "poison" in bridge.tail()
+    committed, end = committed_and_end(
+        kafka_bootstrap, pipe.bridge_group, pipe.topics["transactions"]
+    )
+    assert committed < end
+    assert len(read_topic(kafka_bootstrap, pipe.topics["dlq"], 3)) < 300

@@ -1,0 +1,280 @@
+"""The business steps and helpers without Kafka: parsing, DLQ guard, scorer client, messages."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import namedtuple
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from fraudstream.bridge import BridgeStep, ScorerClient, ScorerRejectedError
+from fraudstream.kafka_runner import DeadLetters, DlqRatioExceededError, ShutdownRequestedError
+from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
+from fraudstream.writer import ScoreMessage, WriterStep
+
+from .stub_scorer import REJECT_MERCHANT, serve, stub_score
+
+pytestmark = pytest.mark.unit
+
+Record = namedtuple("Record", "topic partition offset key value timestamp")
+
+
+class FakeFuture:
+    exception = None
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, topic: str, key=None, value=None, headers=None, partition=None) -> FakeFuture:
+        self.sent.append(
+            {"topic": topic, "key": key, "value": value, "headers": dict(headers or [])}
+        )
+        return FakeFuture()
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def flush(self) -> None:
+        pass
+
+
+def tx_record(offset: int, **changes: Any) -> Record:
+    doc = {**EXAMPLE_TRANSACTION, "transaction_id": f"tx-{offset}", **changes}
+    return Record("transactions", 0, offset, b"card", json.dumps(doc).encode(), 1_700_000_000_000)
+
+
+def make_step(url: str, producer: FakeProducer, max_ratio: float = 0.5) -> BridgeStep:
+    stop = threading.Event()
+    client = ScorerClient(url, timeout_s=5, backoff_max_s=0.05, stop=stop)
+    dlq = DeadLetters(producer, "dlq", max_ratio=max_ratio, window=200)
+    return BridgeStep(client, producer, "scoring", dlq)
+
+
+@pytest.fixture
+def stub_url():
+    server = serve(0)
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_bridge_step_scores_and_publishes_every_field(stub_url):
+    producer = FakeProducer()
+    make_step(stub_url, producer)([tx_record(i, amount=100.0 + i) for i in range(5)])
+    out = [json.loads(m["value"]) for m in producer.sent if m["topic"] == "scoring"]
+    assert [m["transaction_id"] for m in out] == [f"tx-{i}" for i in range(5)]
+    first = out[0]
+    assert set(first) == {
+        "transaction_id",
+        "score",
+        "fraud_flag",
+        "threshold",
+        "model_version",
+        "reasons",
+        "amount",
+        "category",
+        "merchant",
+        "event_time",
+        "produced_at",
+        "scored_at",
+    }
+    assert first["score"] == stub_score({"transaction_id": "x", "amount": 100.0})["score"]
+    assert first["event_time"] == EXAMPLE_TRANSACTION["transaction_time"]
+    assert first["category"] == "shopping_net" and first["merchant"].startswith("fraud_")
+    assert first["produced_at"].startswith("2023-11-14T22:13:20")
+    assert producer.sent[0]["key"] == b"tx-0"
+    # nothing personal travels on the scoring topic
+    for field in ("Jane", "Doe", "Darlene", "33.9659"):
+        assert all(field not in m["value"].decode() for m in producer.sent)
+
+
+def test_poison_of_each_kind_goes_to_the_dlq_with_reason_and_offset(stub_url):
+    producer = FakeProducer()
+    records = [tx_record(i) for i in range(20)]
+    records += [
+        Record("transactions", 3, 100, b"k", b"{not json", 0),
+        Record("transactions", 3, 101, b"k", b"\xff\xfe\x00", 0),
+        Record("transactions", 3, 102, b"k", b"[1, 2]", 0),
+        tx_record(103, amount=-5),
+        tx_record(104, cat_id="groceries"),
+        tx_record(105, surprise="field"),
+        tx_record(106, merch=REJECT_MERCHANT),  # valid, but the scorer says 422
+    ]
+    make_step(stub_url, producer)(records)
+    dlq = [m for m in producer.sent if m["topic"] == "dlq"]
+    by_offset = {int(m["headers"]["source_offset"]): m for m in dlq}
+    assert sorted(by_offset) == [100, 101, 102, 103, 104, 105, 106]
+    kinds = {o: m["headers"]["error_type"].decode() for o, m in by_offset.items()}
+    assert kinds == {
+        100: "not_json",
+        101: "not_json",
+        102: "invalid",
+        103: "invalid",
+        104: "invalid",
+        105: "invalid",
+        106: "scorer_rejected",
+    }
+    assert b"amount" in by_offset[103]["headers"]["error"]
+    assert b"cat_id" in by_offset[104]["headers"]["error"]
+    assert b"422" in by_offset[106]["headers"]["error"]
+    assert by_offset[101]["value"] == b"\xff\xfe\x00"  # original bytes, untouched
+    assert by_offset[100]["headers"]["source_partition"] == b"3"
+    scored = [m for m in producer.sent if m["topic"] == "scoring"]
+    assert len(scored) == 20  # the 422 was narrowed down to its one record
+
+
+def test_dlq_ratio_guard_stops_before_any_side_effect(stub_url):
+    producer = FakeProducer()
+    step = make_step(stub_url, producer, max_ratio=0.5)
+    bad = [Record("transactions", 0, i, b"k", b"garbage", 0) for i in range(60)]
+    good = [tx_record(100 + i) for i in range(20)]
+    with pytest.raises(DlqRatioExceededError):
+        step(good + bad)
+    assert producer.sent == []
+
+
+def test_a_record_without_id_gets_a_stable_one(stub_url):
+    doc = {k: v for k, v in EXAMPLE_TRANSACTION.items() if k != "transaction_id"}
+    record = Record("transactions", 2, 41, b"k", json.dumps(doc).encode(), 0)
+    ids = []
+    for _ in range(2):
+        producer = FakeProducer()
+        make_step(stub_url, producer)([record])
+        ids.append(json.loads(producer.sent[0]["value"])["transaction_id"])
+    assert ids[0] == ids[1] and len(ids[0]) == 36
+
+
+class FlakyHandler(BaseHTTPRequestHandler):
+    failures = 0
+    calls = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        type(self).calls += 1
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if type(self).calls <= type(self).failures:
+            status, out = 503, {"error": "warming up"}
+        else:
+            status, out = 200, [stub_score(t) for t in body["transactions"]]
+        data = json.dumps(out).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_scorer_client_retries_5xx_until_it_answers():
+    FlakyHandler.failures, FlakyHandler.calls = 3, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ScorerClient(
+            f"http://127.0.0.1:{server.server_address[1]}", 5, 0.05, threading.Event()
+        )
+        body = json.dumps({**EXAMPLE_TRANSACTION}).encode()
+        assert (
+            client.score_batch([body])[0]["transaction_id"] == EXAMPLE_TRANSACTION["transaction_id"]
+        )
+        assert FlakyHandler.calls == 4
+    finally:
+        server.shutdown()
+
+
+def test_scorer_client_waits_for_a_down_scorer_until_shutdown():
+    from fraudstream.local.paths import free_port
+
+    stop = threading.Event()
+    client = ScorerClient(f"http://127.0.0.1:{free_port()}", 1, 0.05, stop)
+    threading.Timer(0.5, stop.set).start()
+    with pytest.raises(ShutdownRequestedError):
+        client.score_batch([b"{}"])
+
+
+def test_scorer_client_does_not_retry_a_rejection(stub_url):
+    client = ScorerClient(stub_url, 5, 0.05, threading.Event())
+    body = json.dumps({**EXAMPLE_TRANSACTION, "merch": REJECT_MERCHANT}).encode()
+    with pytest.raises(ScorerRejectedError):
+        client.score_batch([body])
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple] = {}
+
+    def insert(self, rows: list[tuple]) -> int:
+        new = [r for r in rows if r[0] not in self.rows]
+        self.rows.update({r[0]: r for r in new})
+        return len(new)
+
+
+def test_writer_step_validates_and_is_idempotent():
+    producer = FakeProducer()
+    store = FakeStore()
+    step = WriterStep(store, DeadLetters(producer, "dlq", 0.5, 200))
+    msg = {
+        "transaction_id": "a",
+        "score": 0.9,
+        "fraud_flag": True,
+        "threshold": 0.5,
+        "model_version": "m:1",
+        "reasons": [{"feature": "amount", "value": 1.0, "impact": 0.3}],
+        "amount": 12.5,
+        "category": "travel",
+        "merchant": "fraud_X",
+        "event_time": "2020-01-01 10:00:00",
+        "produced_at": "2026-01-01T00:00:00.000+00:00",
+        "scored_at": "2026-01-01T00:00:00.100+00:00",
+    }
+    records = [
+        Record(
+            "scoring", 0, i, b"a", json.dumps({**msg, "transaction_id": f"id{i % 5}"}).encode(), 0
+        )
+        for i in range(10)
+    ]
+    records.append(Record("scoring", 0, 10, b"x", b"oops", 0))
+    step(records)
+    step(records)  # the same batch again (a lost commit): nothing new
+    assert sorted(store.rows) == [f"id{i}" for i in range(5)]
+    assert [m["headers"]["source_offset"] for m in producer.sent] == [b"10", b"10"]
+    row = store.rows["id0"]
+    assert row[5] == json.dumps(msg["reasons"]) and str(row[9]) == "2020-01-01 10:00:00"
+    assert ScoreMessage.model_validate(msg).row()[0] == "a"
+
+
+def test_dead_letter_window_needs_enough_traffic():
+    guard = DeadLetters(FakeProducer(), "dlq", max_ratio=0.5, window=200)
+    guard.check(10, 8)  # few records: no verdict yet
+    with pytest.raises(DlqRatioExceededError):
+        guard.check(100, 80)
+
+
+def test_cached_partitioner_matches_kafkas_default():
+    from kafka.cluster import ClusterMetadata
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from fraudstream.kafka_runner import _cached_partitioner
+
+    class Cluster(ClusterMetadata):
+        def topics(self, exclude_internal_topics=True):
+            return {"t"}
+
+        def partitions_for_topic(self, topic):
+            return {0, 1, 2, 3, 4, 5}
+
+        def available_partitions_for_topic(self, topic):
+            return {0, 1, 2, 3, 4, 5}
+
+    cluster = Cluster()
+    ours, theirs = _cached_partitioner(), DefaultPartitioner()
+    for i in range(300):
+        key = Transaction(**{**EXAMPLE_TRANSACTION, "name_1": f"N{i}"}).card_key.encode()
+        for _ in range(2):  # second time from the cache
+            assert ours.partition("t", key, key, None, None, cluster) == theirs.partition(
+                "t", key, key, None, None, cluster
+            )
