@@ -101,3 +101,64 @@ def scorer_url(session_dir: Path, bentoml_home: str | Path, trained_model: str) 
     }
     with ScorerServer(session_dir / "scorer.log", env=env) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private BentoML home for the session: BENTOML_HOME (for subprocesses) and BentoML's
+    own container (resolved once per process, so it is overridden here, not just the env)."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = tmp_path_factory.mktemp("bentoml")
+    for sub in ("models", "bentos", "envs", "tmp"):
+        (home / sub).mkdir()
+    previous = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    overrides = {
+        BentoMLContainer.bentoml_home: str(home),
+        BentoMLContainer.model_store_dir: str(home / "models"),
+        BentoMLContainer.bento_store_dir: str(home / "bentos"),
+        BentoMLContainer.tmp_bento_store_dir: str(home / "tmp"),
+        BentoMLContainer.env_store_dir: str(home / "envs"),
+        BentoMLContainer.model_store: ModelStore(str(home / "models")),
+        BentoMLContainer.bento_store: BentoStore(str(home / "bentos")),
+        BentoMLContainer.tmp_bento_store: BentoStore(str(home / "tmp")),
+    }
+    for provider, value in overrides.items():
+        provider.set(value)
+    yield home
+    for provider in overrides:
+        provider.reset()
+    if previous is None:
+        os.environ.pop("BENTOML_HOME", None)
+    else:
+        os.environ["BENTOML_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def model_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Simulated labelled CSVs: 'train' (Jan-Jun 2019) and 'test' (Jul-Aug 2019, unseen)."""
+    from datetime import date
+
+    from fraudstream.simulator import simulate, write_csv
+
+    folder = tmp_path_factory.mktemp("model-data")
+    frame = simulate(200, date(2019, 1, 1), date(2019, 8, 31), seed=11, episodes_per_year=2.0)
+    later = frame["transaction_time"] >= "2019-07-01"
+    paths = {"train": folder / "train.csv", "test": folder / "test.csv"}
+    write_csv(frame[~later], str(paths["train"]))
+    write_csv(frame[later], str(paths["test"]))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def trained_model(bentoml_home: Path, model_data: dict[str, Path]) -> str:
+    """Tag ('fraud-model:...') of a model trained on ``model_data['train']`` into the
+    session's BentoML store (history features on)."""
+    from fraudstream.training import TrainConfig, train_file
+
+    config = TrainConfig(iterations=400, learning_rate=0.15, early_stopping=50)
+    tag, _ = train_file(model_data["train"], config)
+    return tag

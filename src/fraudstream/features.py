@@ -378,7 +378,7 @@ def stateless_features(frame: pd.DataFrame) -> pd.DataFrame:
         "cat_id": frame["cat_id"].astype(str).to_numpy(),
         "hour": hour.astype(np.float64),
         "minute_of_day": (hour * 60 + times.dt.minute.to_numpy()).astype(np.float64),
-        "day_of_week": times.dt.dayofweek.to_numpy().astype(np.float64),
+        "day_of_week": times.dt.day_of_week.to_numpy().astype(np.float64),
         "is_night": ((hour >= 22) | (hour < 4)).astype(np.float64),
         "distance_km": _haversine_km(
             frame["lat"], frame["lon"], frame["merchant_lat"], frame["merchant_lon"]

@@ -253,7 +253,7 @@ def simulate(
 
     # --- legitimate spending: Poisson counts per (holder, day)
     days = pd.date_range(start, end, freq="D")
-    dow = np.array(DOW_WEIGHTS, dtype=float)[days.dayofweek]
+    dow = np.array(DOW_WEIGHTS, dtype=float)[days.day_of_week]
     dow /= np.mean(DOW_WEIGHTS)
     month, day = days.month.to_numpy(), days.day.to_numpy()
     season = np.ones(len(days))

@@ -1,0 +1,131 @@
+"""History features: causal, meaningful, and the same in the batch and the online path."""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraudstream.features import (
+    HISTORY_FEATURES,
+    CardState,
+    build_features,
+    events_from_frame,
+    feature_names,
+    history_features,
+    run_events,
+    transactions_frame,
+)
+from fraudstream.history import InMemoryHistoryStore
+from fraudstream.loader import to_transactions
+from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
+from fraudstream.simulator import simulate
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def stream() -> pd.DataFrame:
+    frame = simulate(25, date(2019, 11, 20), date(2019, 12, 20), seed=8, episodes_per_year=6)
+    return frame.drop(columns=["target"])
+
+
+def same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Bit-identical values (NaN equal to NaN)."""
+    np.testing.assert_array_equal(a.to_numpy(dtype=float), b.to_numpy(dtype=float))
+
+
+def test_features_never_change_when_later_transactions_arrive(stream):
+    cut = len(stream) * 2 // 3
+    prefix = history_features(stream.iloc[:cut])
+    full = history_features(stream)
+    same(prefix, full.iloc[:cut])
+
+
+def test_features_do_not_depend_on_file_order(stream):
+    shuffled = stream.sample(frac=1.0, random_state=3)
+    same(history_features(shuffled).loc[stream.index], history_features(stream))
+
+
+def tx(minutes: float, amount: float, cat: str = "grocery_pos", merch: str = "fraud_A") -> dict:
+    base = datetime(2020, 5, 4, 12, 0, 0)  # a Monday noon
+    record = dict(EXAMPLE_TRANSACTION, transaction_id=None)
+    record.update(
+        transaction_time=base + timedelta(minutes=minutes),
+        amount=amount,
+        cat_id=cat,
+        merch=merch,
+    )
+    return record
+
+
+def test_history_features_count_what_a_person_would_count():
+    day = 24 * 60
+    records = [
+        tx(-8 * day, 50),  # a week and a day before: outside every window
+        tx(-3 * day, 40),
+        tx(-2 * 60, 60),
+        tx(-30, 50, cat="food_dining", merch="fraud_B"),
+        tx(0, 900, cat="shopping_net", merch="fraud_C"),  # the one we look at
+    ]
+    frame = transactions_frame([Transaction(**r) for r in records])
+    row = history_features(frame).iloc[-1]
+    assert row["h_n_prev"] == 4
+    assert (row["h_n_1h"], row["h_n_24h"], row["h_n_7d"]) == (1, 2, 3)
+    assert (row["h_amt_1h"], row["h_amt_24h"], row["h_amt_7d"]) == (50, 110, 150)
+    assert row["h_secs_since_prev"] == 30 * 60
+    assert row["h_amt_rel_mean"] == pytest.approx(900 / 50)
+    assert row["h_cat_first"] == 1 and row["h_merch_first"] == 1
+    assert row["h_new_merch_24h"] == 1  # fraud_B was new 30 minutes ago
+    first = history_features(frame).iloc[0]
+    assert first["h_n_prev"] == 0 and math.isnan(first["h_secs_since_prev"])
+    repeat = history_features(frame).iloc[2]
+    assert repeat["h_cat_first"] == 0 and repeat["h_merch_first"] == 0
+
+
+def test_other_card_holders_do_not_leak_into_a_history():
+    records = [tx(0, 10), tx(5, 10), dict(tx(10, 10), name_1="Other")]
+    frame = transactions_frame([Transaction(**r) for r in records])
+    assert history_features(frame)["h_n_prev"].tolist() == [0, 1, 0]
+
+
+def test_online_scoring_path_gives_the_batch_features(stream):
+    """The store-backed path (batches in any order inside, several calls) == the batch path."""
+    expected = build_features(stream)[feature_names()]
+    store = InMemoryHistoryStore()
+    transactions = to_transactions(stream.assign(transaction_id=[f"id{i}" for i in stream.index]))
+    got = []
+    for start in range(0, len(transactions), 97):
+        batch = transactions[start : start + 97][::-1]  # reversed: the store must reorder
+        frame = transactions_frame(batch)
+        events = events_from_frame(frame)
+        order = np.argsort(frame["transaction_time"].to_numpy(), kind="stable")
+        values = store.apply([batch[i].transaction_id for i in order], [events[i] for i in order])
+        part = pd.DataFrame(np.nan, index=range(len(batch)), columns=list(HISTORY_FEATURES))
+        part.iloc[order] = values
+        got.append(part.iloc[::-1])
+    online = pd.concat(got, ignore_index=True)
+    same(online, expected[list(HISTORY_FEATURES)].reset_index(drop=True))
+
+
+def test_recording_is_idempotent_on_transaction_id(stream):
+    events = events_from_frame(stream.head(40))
+    ids = [f"id{i}" for i in range(40)]
+    store = InMemoryHistoryStore()
+    first = store.apply(ids, events)
+    again = store.apply(ids[10:20], events[10:20])
+    assert again == first[10:20]
+    key = events[0][0]
+    assert store.states[key].n == sum(1 for e in events if e[0] == key)
+
+
+def test_state_survives_serialisation_exactly(stream):
+    events = events_from_frame(stream)
+    half = len(events) // 2
+    states: dict[str, CardState] = {}
+    run_events(events[:half], states)
+    copies = {k: CardState.from_dict(s.to_dict()) for k, s in states.items()}
+    assert run_events(events[half:], copies) == run_events(events[half:], states)
