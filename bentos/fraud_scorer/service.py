@@ -288,7 +288,40 @@ def _parsed(request: Request, parse: Callable[[bytes], Any]) -> Awaitable[Any]:
 # --------------------------------------------------------------------------- HTTP I/O specs
 
 
-class ScoreInput(bentoml.IODescriptor, Transaction):
+def openapi30(schema: Any) -> Any:
+    """Rewrite pydantic's JSON Schema (2020-12) into the OpenAPI 3.0 dialect BentoML declares:
+    numeric ``exclusiveMinimum``/``exclusiveMaximum`` become ``minimum`` + boolean, and a
+    ``{"type": "null"}`` alternative becomes ``nullable``."""
+    if isinstance(schema, list):
+        return [openapi30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: openapi30(value) for key, value in schema.items()}
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(bound)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[plain], out[bound] = value, True
+    alternatives = out.get("anyOf")
+    if isinstance(alternatives, list) and {"type": "null"} in alternatives:
+        rest = [alt for alt in alternatives if alt != {"type": "null"}]
+        out.pop("anyOf")
+        if len(rest) == 1:
+            out.update(rest[0])
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    return out
+
+
+class OpenAPI30:
+    """Mixin for the I/O specs: their JSON Schema in the OpenAPI 3.0 dialect."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return openapi30(super().model_json_schema(*args, **kwargs))  # type: ignore[misc]
+
+
+class ScoreInput(OpenAPI30, bentoml.IODescriptor, Transaction):
     """``POST /score`` body: one flat transaction. Documented as the Transaction schema; the API
     receives it as a one-element list, the unit BentoML's adaptive batcher concatenates."""
 
@@ -300,7 +333,7 @@ class ScoreInput(bentoml.IODescriptor, Transaction):
         return await _parsed(request, parse_transaction)
 
 
-class ScoreOutput(bentoml.IODescriptor, ScoreResult):
+class ScoreOutput(OpenAPI30, bentoml.IODescriptor, ScoreResult):
     """``POST /score`` answer: the one result of this request's slice of the batch."""
 
     @classmethod
@@ -309,7 +342,7 @@ class ScoreOutput(bentoml.IODescriptor, ScoreResult):
         return Response(result.model_dump_json(), media_type="application/json")
 
 
-class BatchInput(bentoml.IODescriptor, BatchRequest):
+class BatchInput(OpenAPI30, bentoml.IODescriptor, BatchRequest):
     """``POST /score_batch`` body."""
 
     model_config = ConfigDict(
@@ -321,7 +354,7 @@ class BatchInput(bentoml.IODescriptor, BatchRequest):
         return await _parsed(request, parse_batch)
 
 
-class BatchOutput(IORootModel[list[ScoreResult]]):
+class BatchOutput(OpenAPI30, IORootModel[list[ScoreResult]]):
     """``POST /score_batch`` answer: one result per transaction, in input order."""
 
     @classmethod
