@@ -135,6 +135,7 @@ def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Any:
         "heartbeat_interval_ms": 2000,
         "max_poll_interval_ms": 600000,
         "client_id": f"fraudstream-{group_id}",
+        "reconnect_backoff_max_ms": 2000,  # back within 2 s of a broker restart (default 30 s)
     }
     config.update(overrides)
     return KafkaConsumer(**config)
@@ -187,6 +188,7 @@ def make_producer(bootstrap: str, **overrides: Any) -> Any:
         "max_request_size": 8 * 1024 * 1024,
         "delivery_timeout_ms": 300000,
         "request_timeout_ms": 30000,
+        "reconnect_backoff_max_ms": 2000,
     }
     config.update(overrides)
     return KafkaProducer(**config)
