@@ -31,11 +31,13 @@ class ScorerServer:
         env: dict[str, str] | None = None,
         port: int | None = None,
         target: str = SERVICE,
+        cwd: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.log_path = Path(log_path)
         self.env = dict(env or {})
-        self.target = target
+        self.target = target  # the service import path, or a built Bento's tag
+        self.cwd = cwd or REPO_ROOT
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.ready_after = 0.0
@@ -53,7 +55,7 @@ class ScorerServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1"]
                 + ["--port", str(self.port)],
-                cwd=REPO_ROOT,
+                cwd=self.cwd,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
