@@ -201,8 +201,26 @@ def test_consumer_metrics_in_promql_are_exported(consumer_metrics: str) -> None:
     assert_exported("consumers", exported_names(consumer_metrics))
 
 
-def test_scorer_metrics_in_promql_are_exported(scorer_url: str) -> None:
-    # one scored transaction, so every request metric of the scorer has samples
+def test_scorer_metrics_in_promql_are_exported(
+    scorer_url: str, model_data: dict[str, Path]
+) -> None:
+    from fraudstream.loader import load_csv, to_transactions
+    from fraudstream.schema import TIME_FORMAT
+
+    # the example on /score, and labelled frauds on /score_batch so the fraud counters have
+    # samples too (labelled metrics only appear once observed)
     resp = httpx.post(f"{scorer_url}/score", json=EXAMPLE_TRANSACTION, timeout=30)
     assert resp.status_code == 200, resp.text
+    frame = load_csv(model_data["test"]).frame
+    frauds = to_transactions(frame[frame["target"] == 1].head(100))
+    body = [
+        {
+            **t.model_dump(mode="json", exclude={"target"}, exclude_none=True),
+            "transaction_time": t.transaction_time.strftime(TIME_FORMAT),
+        }
+        for t in frauds
+    ]
+    resp = httpx.post(f"{scorer_url}/score_batch", json={"transactions": body}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert any(r["fraud_flag"] for r in resp.json()), "no labelled fraud was flagged"
     assert_exported("scorer", exported_names(httpx.get(f"{scorer_url}/metrics", timeout=10).text))
