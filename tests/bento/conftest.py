@@ -46,25 +46,3 @@ def service_module(bentoml_home: str | Path, trained_model: str) -> ModuleType:
 @pytest.fixture
 def example() -> dict:
     return dict(EXAMPLE_TRANSACTION)
-
-
-# --- TEMPORARY stand-ins until the model engineer's root fixtures land (remove then) ---------
-@pytest.fixture(scope="session")
-def bentoml_home(session_dir: Path) -> Path:
-    path = session_dir / "bentoml"
-    path.mkdir(exist_ok=True)
-    os.environ["BENTOML_HOME"] = str(path)
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    BentoMLContainer.bentoml_home.set(str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def trained_model(bentoml_home: Path) -> str:
-    from fraudstream.simulator import simulate
-    from fraudstream.training import TrainConfig, fit, save
-
-    frame = simulate(150, date(2020, 1, 1), date(2020, 4, 30), seed=3)
-    model, metadata = fit(frame, TrainConfig(iterations=150, early_stopping=30))
-    return save(model, metadata)
