@@ -14,11 +14,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg2
 import pytest
 
 from fraudstream.local.paths import REPO_ROOT, free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from fraudstream.local.scorer import ScorerServer
 
 HERE = Path(__file__).resolve().parent
 FRAUDSTREAM = [sys.executable, "-m", "fraudstream.cli"]
@@ -310,7 +314,31 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
         consumer.close(autocommit=False)
 
 
+@dataclass
+class RunningScorer:
+    url: str
+
+
 @pytest.fixture
-def scorer(stub_scorer: StubScorerProcess) -> StubScorerProcess:
-    """The scorer the pipeline tests run against (stoppable: ``stop()`` / ``start()``)."""
-    return stub_scorer
+def scorer(scorer_url: str) -> RunningScorer:
+    """The real BentoML scorer (the session's ``bentoml serve``) the pipeline tests run against."""
+    return RunningScorer(scorer_url)
+
+
+@pytest.fixture
+def stoppable_scorer(
+    tmp_path: Path, bentoml_home: Path, trained_model: str
+) -> Iterator[ScorerServer]:
+    """A real ``bentoml serve`` of this test's own, to stop and start again."""
+    from fraudstream.local.scorer import ScorerServer
+
+    env = {
+        "BENTOML_HOME": str(bentoml_home),
+        "MODEL_TAG": str(trained_model),
+        "DATABASE_URL": "",
+        "WORKERS": "1",
+        "LOG_FORMAT": "json",
+    }
+    server = ScorerServer(tmp_path / "scorer.log", env=env).start()
+    yield server
+    server.stop()

@@ -33,10 +33,15 @@ def scores_by_id(pipe) -> dict[str, tuple]:
 def test_end_to_end_every_transaction_once_with_the_scorers_score(
     pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
 ):
+    import time
+
     pipe = pipeline_factory(scorer.url)
     bridge, writer = pipe.component("bridge").start(), pipe.component("writer").start()
+    began = time.monotonic()
     ids = produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions)
     pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+    took = time.monotonic() - began
+    print(f"{N_TRANSACTIONS} transactions -> {pipe.rows()} rows in {took:.1f} s")
 
     # SIGTERM: both finish, commit and exit 0 with every offset committed
     assert bridge.terminate() == 0, bridge.tail()
@@ -114,10 +119,11 @@ def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(
 
 
 def test_scorer_down_for_10_s_mid_run_the_bridge_waits_and_resumes(
-    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+    pipeline_factory, stoppable_scorer, kafka_bootstrap, loaded_transactions
 ):
     import time
 
+    scorer = stoppable_scorer
     pipe = pipeline_factory(scorer.url)
     bridge = pipe.component("bridge").start()
     pipe.component("writer").start()
