@@ -80,18 +80,22 @@ class ScorerServer:
             return False
 
     def pids(self) -> list[int]:
-        """The process group's processes (the arbiter and its workers)."""
+        """The server's processes: ``bentoml serve`` (the arbiter) and all its descendants."""
         if self.proc is None:
             return []
-        pids = []
+        parents: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getpgid(int(entry.name)) == self.proc.pid:
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return sorted(pids)
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        found = [self.proc.pid]
+        for pid in found:
+            found.extend(child for child, parent in parents.items() if parent == pid)
+        return sorted(set(found))
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the process group, wait, then SIGKILL; return the exit code."""
