@@ -405,6 +405,7 @@ class FraudScorer:
         self.scorer = Scorer(
             classifier, metadata, history, threshold=SETTINGS.threshold, model_version=version
         )
+        self.scorer.shap_calc_type = SETTINGS.shap_calc_type
         self.metrics = metrics()
         self.metrics.model_info.labels(version, f"{self.scorer.threshold:.6g}").set(1)
         log.info(

@@ -65,6 +65,9 @@ class Scorer:
     """Model + metadata + history store; ``score`` is thread-safe."""
 
     prediction_threads = 1
+    # CatBoost's SHAP algorithm for reasons: "Regular" (exact tree SHAP, ~ms per row and tree
+    # count) or "Approximate" (much faster; the scorer service uses it, see SHAP_CALC_TYPE)
+    shap_calc_type = "Regular"
 
     def __init__(
         self,
@@ -137,7 +140,10 @@ class Scorer:
         subset = features.iloc[rows]
         pool = catboost.Pool(subset, cat_features=self.categorical_features)
         shap = self.model.get_feature_importance(
-            pool, type="ShapValues", thread_count=self.prediction_threads
+            pool,
+            type="ShapValues",
+            shap_calc_type=self.shap_calc_type,
+            thread_count=self.prediction_threads,
         )[:, :-1]
         out: dict[int, list[Reason]] = {}
         names = self.feature_names

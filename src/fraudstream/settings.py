@@ -7,6 +7,8 @@ unless a class sets ``env_prefix``. Defaults are the embedded local defaults use
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +62,8 @@ class ScorerSettings(_Base):
     port: int = 3000
     # BentoML's per-request access log (method, path, status, latency; never bodies)
     access_log: bool = False
+    # CatBoost SHAP algorithm behind `reasons`: Approximate (fast) | Regular | Exact
+    shap_calc_type: Literal["Approximate", "Regular", "Exact"] = "Approximate"
 
 
 def env_names(*classes: type[BaseSettings]) -> set[str]:
