@@ -30,6 +30,7 @@ from fraudstream.settings import (
     KafkaSettings,
     LogSettings,
     ScorerSettings,
+    UiSettings,
     WriterSettings,
     env_names,
 )
@@ -304,7 +305,7 @@ SETTINGS_OF = {
     "writer": (KafkaSettings, WriterSettings, DatabaseSettings, LogSettings),
     "migrations": (DatabaseSettings, LogSettings),
     "topics": (KafkaSettings, LogSettings),
-    "ui": (DatabaseSettings, LogSettings, BridgeSettings),
+    "ui": (KafkaSettings, DatabaseSettings, UiSettings),
 }
 # Variables read by something other than our settings classes, and who reads them.
 NOT_SETTINGS = {
@@ -318,6 +319,7 @@ REQUIRED = {
     "writer": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "METRICS_PORT", "WRITER_GROUP_ID"},
     "migrations": {"DATABASE_URL", "PGPASSWORD"},
     "topics": {"KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PARTITIONS"},
+    "ui": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGPASSWORD"},
 }
 
 

@@ -64,6 +64,10 @@ def test_every_chart_command_runs_with_the_consumers_dependencies(consumers_venv
             imports = "\n".join(line for line in code.splitlines() if "import" in line)
             subprocess.run([str(bin_dir / "python"), "-c", imports], check=True)
         elif cmd[0] == "streamlit":
+            # the page the chart runs is the repository's ui/, copied to /app/ui by the Dockerfile
+            assert cmd[1] == "run" and cmd[2].startswith("/app/ui/"), cmd
+            assert (ROOT / "ui" / cmd[2].removeprefix("/app/ui/")).exists(), cmd[2]
+            assert "COPY ui /app/ui" in (ROOT / "consumers" / "Dockerfile").read_text()
             subprocess.run([str(bin_dir / "streamlit"), "--version"], check=True,
                            capture_output=True)  # fmt: skip
         else:
