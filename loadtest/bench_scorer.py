@@ -90,12 +90,31 @@ def rss_mb(server: ScorerServer) -> dict[int, float]:
     return out
 
 
-def report(title: str, result: LoadResult, extra: str = "") -> None:
+def cpu_seconds(server: ScorerServer | None) -> float:
+    """CPU time (user + system) used so far by the server's processes."""
+    if server is None:
+        return 0.0
+    ticks = 0
+    for pid in server.pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+SERVER: ScorerServer | None = None  # set when this script started the scorer
+
+
+def report(title: str, result: LoadResult, extra: str = "", cpu: float = 0.0) -> None:
     s = result.summary()
     print(
         f"{title}: sent {s['sent']}, ok {s['ok']}, errors {s['errors']} {s['error_kinds'] or ''}, "
         f"achieved {s['achieved_rps']}/s, p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, "
-        f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms{extra} [{load_average()}]",
+        f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms{extra}"
+        + (f", server CPU {cpu * 1000 / max(result.ok, 1):.2f} ms/request" if cpu else "")
+        + f" [{load_average()}]",
         flush=True,
     )
 
@@ -105,8 +124,9 @@ def warm_up(url: str, payloads: Payloads) -> None:
 
 
 def run_rate(url: str, payloads: Payloads, rate: float, duration: float) -> LoadResult:
+    cpu = cpu_seconds(SERVER)
     result = asyncio.run(open_loop(f"{url}/score", payloads.single, rate, duration))
-    report(f"/score at {rate:g}/s for {duration:g} s", result)
+    report(f"/score at {rate:g}/s for {duration:g} s", result, cpu=cpu_seconds(SERVER) - cpu)
     return result
 
 
@@ -116,9 +136,15 @@ def run_max(
     best = 0.0
     rate = start
     while True:
+        cpu = cpu_seconds(SERVER)
         result = asyncio.run(open_loop(f"{url}/score", payloads.single, rate, duration))
         ok = result.error_count == 0 and result.percentile(99) < p99_ms
-        report(f"/score at {rate:g}/s for {duration:g} s {'holds' if ok else 'fails'}", result)
+        verdict = "holds" if ok else "fails"
+        report(
+            f"/score at {rate:g}/s for {duration:g} s {verdict}",
+            result,
+            cpu=cpu_seconds(SERVER) - cpu,
+        )
         if not ok:
             break
         best = rate
@@ -131,6 +157,7 @@ def run_max(
 def run_batch(
     url: str, payloads: Payloads, size: int, concurrency: int, duration: float
 ) -> LoadResult:
+    cpu = cpu_seconds(SERVER)
     result = asyncio.run(
         closed_loop(f"{url}/score_batch", payloads.batches(size), concurrency, duration)
     )
@@ -139,6 +166,7 @@ def run_batch(
         f"/score_batch of {size}, {concurrency} in flight, {duration:g} s",
         result,
         f", {tx_rate:,.0f} transactions/s",
+        cpu=cpu_seconds(SERVER) - cpu,
     )
     return result
 
@@ -166,6 +194,7 @@ def print_rss(server: ScorerServer | None, when: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SERVER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "what", choices=["all", "rate", "max", "batch", "coldstart"], default="all", nargs="?"
@@ -194,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.url:
                 url = args.url.rstrip("/")
             else:
-                server = start_server(args, Path(tmp))
+                server = SERVER = start_server(args, Path(tmp))
                 url = server.url
                 print_rss(server, "after start")
             if args.what == "coldstart":

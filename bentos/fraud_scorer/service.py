@@ -17,6 +17,7 @@ Run from the repository root: ``bentoml serve bentos.fraud_scorer.service:FraudS
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -51,6 +52,11 @@ MAX_BATCH_BYTES = 4096 * SETTINGS.max_batch_size + 1024
 # batch bodies larger than this are validated in a worker thread, not on the event loop
 THREAD_PARSE_BYTES = 64 * 1024
 PARSED_KEY = "fraudstream.parsed"  # where the gate leaves the validated input in the ASGI scope
+
+# OpenTelemetry middleware skips these (it costs ~10 % of a small request's CPU)
+UNTRACED = ["/livez", "/readyz", "/metrics"]
+if not SETTINGS.trace_requests:
+    UNTRACED += [SCORE_ROUTE, BATCH_ROUTE]
 
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
@@ -374,7 +380,7 @@ class BatchOutput(OpenAPI30, IORootModel[list[ScoreResult]]):
     http={"port": SETTINGS.port},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     logging={"access": {"enabled": SETTINGS.access_log}},
-    tracing={"excluded_urls": ["/livez", "/readyz", "/metrics"]},
+    tracing={"excluded_urls": UNTRACED},
     labels={"owner": "fraudstream", "component": "scorer"},
 )
 class FraudScorer:
@@ -487,3 +493,8 @@ def _is_store_error(err: Exception) -> bool:
 
 
 FraudScorer.add_asgi_middleware(RequestGate)
+
+# BentoML calls inspect.signature() on the API function for every request; with the signature
+# stored on the function that call returns at once (~8 % of a /score request's CPU).
+for _api in FraudScorer.apis.values():
+    _api.func.__signature__ = inspect.signature(_api.func)  # type: ignore[attr-defined]

@@ -62,6 +62,9 @@ class ScorerSettings(_Base):
     port: int = 3000
     # BentoML's per-request access log (method, path, status, latency; never bodies)
     access_log: bool = False
+    # OpenTelemetry spans for /score and /score_batch (costly per request; the exporter is set
+    # in BentoML's own configuration, BENTOML_CONFIG)
+    trace_requests: bool = False
     # CatBoost SHAP algorithm behind `reasons`: Approximate (fast) | Regular | Exact
     shap_calc_type: Literal["Approximate", "Regular", "Exact"] = "Approximate"
 
