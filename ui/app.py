@@ -21,6 +21,7 @@ from fraudstream.loader import DataError, load_csv
 from fraudstream.results import latest_frauds, latest_scores, reasons_text, scores_for
 from fraudstream.settings import DatabaseSettings, KafkaSettings, UiSettings
 
+MAX_ERRORS_SHOWN = 200
 SHOWN = ["event_time", "merchant", "category", "amount", "score", "reasons", "transaction_id"]
 
 
@@ -78,9 +79,10 @@ def upload_section(kafka: KafkaSettings, dsn: str, ui: UiSettings) -> None:
     st.write(f"**{len(frame):,}** valid rows, **{skipped:,}** rejected ({loaded.shape} shape).")
     if loaded.errors:
         with st.expander(f"Rejected rows ({skipped:,})", expanded=True):
-            st.dataframe(
-                pd.DataFrame([vars(e) for e in loaded.errors]), hide_index=True, height=200
-            )
+            shown = loaded.errors[:MAX_ERRORS_SHOWN]
+            st.table(pd.DataFrame([vars(e) for e in shown]).set_index("line"))
+            if len(loaded.errors) > len(shown):
+                st.caption(f"... and {len(loaded.errors) - len(shown):,} more problems")
     if len(frame) > ui.ui_max_rows:
         st.error(f"{len(frame):,} rows is more than this page scores at once ({ui.ui_max_rows:,}).")
         return
