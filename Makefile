@@ -7,18 +7,32 @@ UV := $(VENV)/bin/uv
 CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fraudstream
 STAMP := $(VENV)/.installed
 
-.PHONY: up test venv lint format clean model serve tools
+.PHONY: up test venv lint format clean model serve tools browser ui
 
 up: venv  ## run the whole pipeline locally (Ctrl-C stops it)
 	$(VENV)/bin/fraudstream up
 
-test: venv lint tools  ## set everything up and run every test
+test: venv lint tools browser  ## set everything up and run every test
 	$(VENV)/bin/pytest -p no:cacheprovider tests
 
 # Pinned helm for the chart tests: a helm v3 on PATH, or one built once with `go install` and
 # cached in $(CACHE)/bin (see scripts/tools.sh).
 tools:
 	@scripts/tools.sh >/dev/null
+
+# Debian's Chromium for the UI's real-browser test (Playwright drives it; it never downloads one).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "chromium missing: install it (apt-get install chromium) or the UI browser test is skipped"; fi; }
+
+# The analyst page against the pipeline `make up` runs (its default addresses).
+ui: venv  ## the Streamlit analyst page on http://127.0.0.1:8501
+	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} \
+	DATABASE_URL=$${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres} \
+	$(VENV)/bin/streamlit run ui/app.py --server.port 8501 --server.headless true \
+	  --browser.gatherUsageStats false
 
 # The virtualenv is built from the committed lock file; flock keeps parallel runs from racing.
 venv: $(STAMP)
