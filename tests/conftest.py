@@ -145,7 +145,7 @@ def model_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fraudstream.simulator import simulate, write_csv
 
     folder = tmp_path_factory.mktemp("model-data")
-    frame = simulate(200, date(2019, 1, 1), date(2019, 8, 31), seed=11, episodes_per_year=2.0)
+    frame = simulate(200, date(2019, 1, 1), date(2019, 8, 31), seed=11, episodes_per_year=3.0)
     later = frame["transaction_time"] >= "2019-07-01"
     paths = {"train": folder / "train.csv", "test": folder / "test.csv"}
     write_csv(frame[~later], str(paths["train"]))

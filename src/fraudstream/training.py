@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,12 @@ DEFAULT_TARGET_RECALL = 0.98
 class TrainConfig:
     history_features: bool = True
     target_recall: float = DEFAULT_TARGET_RECALL
-    recall_margin: float = 0.005  # aim a little above the target on validation
+    # aim above the target on validation by this many standard errors of the recall estimate,
+    # so that unseen data still reaches it (a small validation set gets a larger margin)
+    margin_z: float = 1.0
+    # spare false-positive budget buys recall: the threshold is lowered below the recall-based
+    # one as long as the validation false-positive rate stays within max_fpr (0 disables)
+    max_fpr: float = 0.004
     valid_fraction: float = 0.2
     iterations: int = 1500
     learning_rate: float = 0.12
@@ -66,15 +72,45 @@ def time_split(times: pd.Series, valid_fraction: float) -> np.ndarray:
     return np.asarray(valid)
 
 
-def choose_threshold(y: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
-    """Highest threshold t with recall(score >= t) >= target_recall."""
+def allowed_misses(n_fraud: int, target_recall: float, margin_z: float = 0.0) -> int:
+    """Most frauds a threshold may miss among ``n_fraud`` so that the miss rate, plus
+    ``margin_z`` standard errors, stays within ``1 - target_recall``."""
+    budget = 1 - target_recall
+    best = 0
+    for k in range(n_fraud + 1):
+        p = k / n_fraud
+        spread = margin_z * math.sqrt(max(p, 1 / n_fraud) * (1 - p) / n_fraud)
+        if p + spread > budget + 1e-12:
+            break
+        best = k
+    return best
+
+
+def choose_threshold(
+    y: np.ndarray,
+    scores: np.ndarray,
+    target_recall: float,
+    margin_z: float = 0.0,
+    max_fpr: float = 0.0,
+) -> float:
+    """Highest threshold t with recall(score >= t) >= target_recall (plus the margin); lower
+    if that keeps the false-positive rate within ``max_fpr`` (more recall for free)."""
     import numpy as np
 
-    fraud_scores = np.sort(np.asarray(scores)[np.asarray(y) == 1])
+    y = np.asarray(y)
+    scores = np.asarray(scores, dtype=float)
+    fraud_scores = np.sort(scores[y == 1])
     if len(fraud_scores) == 0:
         raise ValueError("no fraudulent transactions in the validation period")
-    allowed_misses = int(np.floor(len(fraud_scores) * (1 - target_recall) + 1e-9))
-    return float(fraud_scores[min(allowed_misses, len(fraud_scores) - 1)])
+    k = allowed_misses(len(fraud_scores), target_recall, margin_z)
+    threshold = float(fraud_scores[min(k, len(fraud_scores) - 1)])
+    legit_scores = np.sort(scores[y == 0])[::-1]
+    allowed_fp = int(np.floor(max_fpr * len(legit_scores)))
+    if max_fpr > 0 and allowed_fp < len(legit_scores):
+        # flag only scores above the (allowed_fp + 1)-th highest legitimate score
+        by_fpr = float(np.nextafter(legit_scores[allowed_fp], np.inf))
+        threshold = min(threshold, by_fpr)
+    return threshold
 
 
 def fit(
@@ -121,13 +157,16 @@ def fit(
     model.fit(train_pool, eval_set=valid_pool)
     log.info("trained %d trees in %.1f s", model.tree_count_, time.perf_counter() - fit_started)
     scores = model.predict_proba(valid_pool, thread_count=config.threads)[:, 1]
-    aim = min(config.target_recall + config.recall_margin, 1.0)
-    threshold = choose_threshold(y[valid], scores, aim)
+    threshold = choose_threshold(
+        y[valid], scores, config.target_recall, config.margin_z, config.max_fpr
+    )
     metrics = quality_metrics(y[valid], scores, threshold)
     times = frame["transaction_time"]
     metadata: dict[str, Any] = {
         "threshold": threshold,
         "target_recall": config.target_recall,
+        "margin_z": config.margin_z,
+        "max_fpr": config.max_fpr,
         "feature_names": names,
         "categorical_features": cats,
         "history_features": config.history_features,
@@ -178,10 +217,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="recall the threshold must reach on validation (default 0.98)",
     )
     parser.add_argument(
-        "--recall-margin",
+        "--margin-z",
         type=float,
-        default=TrainConfig.recall_margin,
-        help="aim this much above the target on validation, for unseen data (default 0.005)",
+        default=TrainConfig.margin_z,
+        help="standard errors of validation recall to keep above the target (default 1.0)",
+    )
+    parser.add_argument(
+        "--max-fpr",
+        type=float,
+        default=TrainConfig.max_fpr,
+        help="lower the threshold for more recall while validation FPR stays within this "
+        "(default 0.004; 0 = threshold from the recall target only)",
     )
     parser.add_argument("--valid-fraction", type=float, default=TrainConfig.valid_fraction)
     parser.add_argument("--iterations", type=int, default=TrainConfig.iterations)
@@ -213,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         history_features=args.history_features,
         target_recall=args.target_recall,
-        recall_margin=args.recall_margin,
+        margin_z=args.margin_z,
+        max_fpr=args.max_fpr,
         valid_fraction=args.valid_fraction,
         iterations=args.iterations,
         learning_rate=args.learning_rate,
