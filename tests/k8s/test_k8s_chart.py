@@ -599,3 +599,38 @@ def test_values_schema_is_draft7_and_catches_typos() -> None:
     assert schema.get("additionalProperties") is False
     for part in ("scorer", "bridge", "writer", "database", "kafka"):
         assert schema["properties"][part].get("additionalProperties") is False, part
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_hooks_only_use_what_exists_before_them(scenario: str) -> None:
+    """A pre-install hook runs before the release's normal objects exist: every ServiceAccount,
+    Secret and ConfigMap it uses is either made by an earlier hook or already there."""
+    objects = render(values=scenario_values(scenario))
+    weight = {
+        (o["kind"], o["metadata"]["name"]): int(
+            o["metadata"]["annotations"].get("helm.sh/hook-weight", "0")
+        )
+        for o in objects
+        if is_hook(o) and "pre-install" in o["metadata"]["annotations"]["helm.sh/hook"]
+    }
+    for obj in objects:
+        if not is_hook(obj) or "pre-install" not in obj["metadata"]["annotations"]["helm.sh/hook"]:
+            continue
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        mine = weight[(obj["kind"], obj["metadata"]["name"])]
+        needs = {("ServiceAccount", spec.get("serviceAccountName", "default"))}
+        for c in containers(obj):
+            for e in c.get("env") or []:
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    needs.add(("Secret", ref["name"]))
+            for src in c.get("envFrom") or []:
+                needs.add(("ConfigMap", src["configMapRef"]["name"]))
+        for need in needs:
+            if need == ("ServiceAccount", "default"):
+                continue  # every namespace has it
+            if need == ("Secret", "postgres") and scenario == "existing-secret-values.yaml":
+                continue  # made outside the chart, by definition
+            assert need in weight and weight[need] < mine, f"{obj['metadata']['name']} needs {need}"

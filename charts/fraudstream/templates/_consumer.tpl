@@ -133,7 +133,9 @@ spec:
         {{- include "fraudstream.labels" . | nindent 8 }}
     spec:
       restartPolicy: Never
-      serviceAccountName: {{ include "fraudstream.serviceAccountName" $root }}
+      # Pre-install hooks run before the chart's own ServiceAccount exists: use the namespace's
+      # default one (no token either way) unless an existing account was named.
+      serviceAccountName: {{ if $root.Values.serviceAccount.create }}default{{ else }}{{ include "fraudstream.serviceAccountName" $root }}{{ end }}
       automountServiceAccountToken: false
       enableServiceLinks: false
       {{- with $root.Values.imagePullSecrets }}
