@@ -52,6 +52,15 @@ serve: venv  ## run the fraud scorer (BentoML) alone on port 3000 (PORT override
 	@$(VENV)/bin/bentoml models get "$${MODEL_TAG:-fraud-model:latest}" >/dev/null 2>&1 || $(MAKE) model
 	exec $(VENV)/bin/bentoml serve bentos.fraud_scorer.service:FraudScorer --port "$${PORT:-3000}"
 
+# The default model: simulated 2019 transactions of 500 card holders (fixed seed), trained with
+# history features into the BentoML store ($BENTOML_HOME, default ~/bentoml) as fraud-model.
+# Same data, seed and thread count every time, so the same model.
+MODEL_DATA := .run/model/transactions-2019.csv
+model: venv  ## train the default fraud model on generated data into the BentoML store
+	@mkdir -p $(dir $(MODEL_DATA))
+	$(VENV)/bin/fraudstream generate --customers 500 --start 2019-01-01 --end 2019-12-31 --seed 42 -o $(MODEL_DATA)
+	$(VENV)/bin/fraudstream train --data $(MODEL_DATA) --threads 2 --seed 0
+
 lint: venv  ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
