@@ -342,7 +342,7 @@ SETTINGS_OF = {
 NOT_SETTINGS = {
     "PGPASSWORD": "libpq (psycopg2) takes the password from it, so it never sits in a URL",
     "BENTOML_HOME": "BentoML: its writable home on the read-only root filesystem",
-    "HOME": "Streamlit keeps its config under HOME",
+    "HOME": "a writable home on the read-only root (Streamlit, library caches)",
 }
 REQUIRED = {
     "scorer": {"MODEL_TAG", "PORT", "WORKERS", "DATABASE_URL"},
