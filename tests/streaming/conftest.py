@@ -147,7 +147,9 @@ class Pipeline:
 
     def component(self, name: str, **extra: str) -> Component:
         argv = [*FRAUDSTREAM, name, "--metrics-port", str(free_port())]
-        comp = Component(name, argv, self.env(**extra), self.workdir)
+        same = sum(c.argv[len(FRAUDSTREAM)] == name for c in self.components)
+        label = name if not same else f"{name}-{same + 1}"
+        comp = Component(label, argv, self.env(**extra), self.workdir)
         self.components.append(comp)
         return comp
 

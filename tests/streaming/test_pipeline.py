@@ -252,3 +252,29 @@ def test_a_topic_of_mostly_poison_stops_the_bridge_instead_of_draining_it(
     )
     assert committed < end
     assert len(read_topic(kafka_bootstrap, pipe.topics["dlq"], 3)) < 300
+
+
+def test_two_bridges_and_two_writers_share_the_work_through_rebalances(
+    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+):
+    """Dynamic membership: members join and one leaves (SIGTERM) mid-run; the revocations
+    commit what was done and hand the rest over; every row once."""
+    pipe = pipeline_factory(scorer.url, BRIDGE_GROUP_INSTANCE_ID="", WRITER_GROUP_INSTANCE_ID="")
+    first_bridge = pipe.component("bridge").start()
+    pipe.component("writer").start()
+    ids: list[str] = []
+    sender = threading.Thread(
+        target=lambda: ids.extend(
+            produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions)
+        )
+    )
+    sender.start()
+    wait_until(lambda: pipe.rows()[0] >= N_TRANSACTIONS // 6, RUN_TIMEOUT, what="a sixth")
+    second_bridge = pipe.component("bridge").start()
+    pipe.component("writer").start()
+    wait_until(lambda: pipe.rows()[0] >= N_TRANSACTIONS // 2, RUN_TIMEOUT, what="a half")
+    assert first_bridge.terminate() == 0, first_bridge.tail()
+    sender.join(RUN_TIMEOUT)
+    pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
+    assert_exactly_once(pipe, ids)
+    assert "partitions revoked" in second_bridge.log_path.read_text()
