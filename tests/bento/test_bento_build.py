@@ -1,5 +1,5 @@
 """``bentoml build`` of the scorer Bento, offline, in the tests' temporary BentoML home; the
-built Bento serves with ``bentoml serve <tag>``."""
+built Bento serves with ``bentoml serve <tag>`` and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -65,3 +65,4 @@ def test_bento_builds_offline_and_serves(bentoml_home, trained_model, tmp_path: 
         resp = httpx.post(f"{server.url}/score", json=EXAMPLE_TRANSACTION, timeout=30)
         assert resp.status_code == 200, resp.text
         assert resp.json()["model_version"] == str(trained_model)
+        assert server.stop() == 0, server.tail()  # SIGTERM: a clean, graceful exit
