@@ -96,11 +96,15 @@ class Lag:
     """Samples both groups' lag every ``interval`` seconds in a thread."""
 
     def __init__(self, bootstrap: str, groups: dict[str, str], interval: float = 2.0) -> None:
-        from kafka import KafkaAdminClient, KafkaConsumer
+        from kafka import KafkaConsumer
 
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap)
         self.groups = groups  # group -> topic
+        # a group's committed offsets, read through a member-less consumer of that group
+        self.readers = {
+            g: KafkaConsumer(bootstrap_servers=bootstrap, group_id=g, enable_auto_commit=False)
+            for g in groups
+        }
         self.interval = interval
         self.samples: list[tuple[float, int]] = []
         self.stop = threading.Event()
@@ -113,10 +117,8 @@ class Lag:
         for group, topic in self.groups.items():
             parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
             end = self.consumer.end_offsets(parts)
-            committed = self.admin.list_consumer_group_offsets(group)
             for tp in parts:
-                meta = committed.get(tp)
-                total += end[tp] - (meta.offset if meta is not None and meta.offset >= 0 else 0)
+                total += end[tp] - (self.readers[group].committed(tp) or 0)
         return total
 
     def _loop(self) -> None:
@@ -134,8 +136,9 @@ class Lag:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
-        self.admin.close()
         self.consumer.close()
+        for reader in self.readers.values():
+            reader.close(autocommit=False)
 
 
 def ensure_model(env: dict[str, str], work: Path) -> dict[str, str]:
