@@ -56,6 +56,7 @@ class Step:
     lag_max: int = 0
     lag_end: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
     load: str = ""
 
     @property
@@ -84,6 +85,46 @@ def proc_tree_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
             except psutil.Error:
                 pass
         out[name] = total
+    return out
+
+
+HISTOGRAMS = {
+    "bridge batch": ("bridge", "fraudstream_bridge_batch_latency_seconds"),
+    "scorer HTTP": ("bridge", "fraudstream_bridge_scorer_request_seconds"),
+    "writer batch": ("writer", "fraudstream_writer_batch_latency_seconds"),
+    "db write": ("writer", "fraudstream_writer_db_write_seconds"),
+}
+SIZES = {"bridge": "fraudstream_bridge_batch_size", "writer": "fraudstream_writer_batch_size"}
+
+
+def scrape(ports: dict[str, int]) -> dict[str, float]:
+    """Sums and counts of our histograms from the consumers' /metrics."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    for port in ports.values():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("fraudstream_") and ("_sum " in line or "_count " in line):
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+    return out
+
+
+def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean of each histogram over the step (seconds, or records for batch sizes)."""
+    out: dict[str, float] = {}
+    series = {label: metric for label, (_, metric) in HISTOGRAMS.items()}
+    series |= {f"{part} batch size": metric for part, metric in SIZES.items()}
+    for label, metric in series.items():
+        count = after.get(f"{metric}_count", 0) - before.get(f"{metric}_count", 0)
+        total = after.get(f"{metric}_sum", 0) - before.get(f"{metric}_sum", 0)
+        if count > 0:
+            out[label] = total / count
     return out
 
 
@@ -160,10 +201,18 @@ def ensure_model(env: dict[str, str], work: Path) -> dict[str, str]:
 
 
 def run_step(
-    step: Step, csv: Path, env: dict[str, str], dsn: str, lag: Lag, pids: dict, work: Path
+    step: Step,
+    csv: Path,
+    env: dict[str, str],
+    dsn: str,
+    lag: Lag,
+    pids: dict,
+    work: Path,
+    metric_ports: dict[str, int],
 ) -> Step:
     limit = int(step.rate * step.duration)
     before_cpu = proc_tree_cpu(pids)
+    before_metrics = scrape(metric_ports)
     with open(work / f"replay-{step.rate:g}.log", "wb") as out:
         replay = subprocess.Popen(
             [*CLI, "replay", str(csv), "--rate", str(step.rate), "--limit", str(limit)]
@@ -196,6 +245,7 @@ def run_step(
         time.sleep(0.5)
     ended = time.monotonic()
     after_cpu = proc_tree_cpu(pids)
+    step.means = breakdown(before_metrics, scrape(metric_ports))
     elapsed = ended - began
     step.cpu = {k: (after_cpu[k] - before_cpu.get(k, 0.0)) / elapsed for k in after_cpu}
     step.cpu["replay"] = peak_replay_cpu / elapsed
@@ -226,6 +276,9 @@ def run_step(
 
 def report(step: Step) -> str:
     cpu = "  ".join(f"{k} {v:.0%}" for k, v in sorted(step.cpu.items(), key=lambda kv: -kv[1]))
+    means = "  ".join(
+        f"{k} {v:.0f}" if "size" in k else f"{k} {v * 1000:.0f} ms" for k, v in step.means.items()
+    )
     return (
         f"rate {step.rate:>6g}/s x {step.duration:g} s: {step.rows:,} rows, "
         f"achieved {step.achieved:,.0f}/s; e2e p50 {step.p50 * 1000:.0f} ms "
@@ -233,7 +286,8 @@ def report(step: Step) -> str:
         f"lag max {step.lag_max:,} end {step.lag_end:,}; "
         f"{'SUSTAINED' if step.sustained else 'NOT sustained'}\n"
         f"    CPU (1.0 = one core): {cpu}   bottleneck: {step.bottleneck}   "
-        f"load {step.load}"
+        f"load {step.load}\n"
+        f"    means: {means}"
     )
 
 
@@ -244,6 +298,7 @@ def main() -> int:
     parser.add_argument("--ramp", default="", help="comma-separated rates (overrides --rate)")
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--bridge-batch-size", default="500")
+    parser.add_argument("--bridge-max-wait-ms", default="50")
     parser.add_argument("--scorer-workers", default="1")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -251,6 +306,7 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO / "src"))
     from fraudstream.local.kafka import KafkaBroker
+    from fraudstream.local.paths import free_port
     from fraudstream.local.postgres import PostgresServer
     from fraudstream.local.scorer import ScorerServer
     from fraudstream.migrations import migrate
@@ -294,12 +350,14 @@ def main() -> int:
             "DATABASE_URL": postgres.url,
             "SCORER_URL": scorer.url,
             "BRIDGE_BATCH_SIZE": args.bridge_batch_size,
+            "BRIDGE_BATCH_MAX_WAIT_MS": args.bridge_max_wait_ms,
         }
+        metric_ports = {"writer": free_port(), "bridge": free_port()}
         for name in ("writer", "bridge"):
             with open(work / f"{name}.log", "wb") as out:
                 parts.append(
                     subprocess.Popen(
-                        [*CLI, name, "--metrics-port", "0"],
+                        [*CLI, name, "--metrics-port", str(metric_ports[name])],
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -328,7 +386,9 @@ def main() -> int:
         while time.monotonic() < deadline and lag.current() > 0:
             time.sleep(0.5)
         for rate in rates:
-            step = run_step(Step(rate, args.duration), csv, env, postgres.url, lag, pids, work)
+            step = run_step(
+                Step(rate, args.duration), csv, env, postgres.url, lag, pids, work, metric_ports
+            )
             steps.append(step)
             print(report(step), flush=True)
             for part in parts:

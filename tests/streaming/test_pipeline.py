@@ -43,6 +43,32 @@ def test_end_to_end_every_transaction_once_with_the_scorers_score(
     took = time.monotonic() - began
     print(f"{N_TRANSACTIONS} transactions -> {pipe.rows()} rows in {took:.1f} s")
 
+    # Prometheus metrics the chart's dashboards and alerts use
+    wanted = {
+        bridge: [
+            "fraudstream_bridge_messages_in_total",
+            "fraudstream_bridge_messages_out_total",
+            "fraudstream_bridge_batch_size_bucket",
+            "fraudstream_bridge_batch_latency_seconds_bucket",
+            "fraudstream_bridge_scorer_request_seconds_bucket",
+            "fraudstream_bridge_consumer_lag",
+        ],
+        writer: [
+            "fraudstream_writer_messages_in_total",
+            "fraudstream_writer_rows_inserted_total",
+            "fraudstream_writer_db_write_seconds_bucket",
+            "fraudstream_writer_end_to_end_seconds_bucket",
+            "fraudstream_writer_consumer_lag",
+        ],
+    }
+    for comp, names in wanted.items():
+        port = comp.argv[comp.argv.index("--metrics-port") + 1]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for name in names:
+            assert name in text, (comp.name, name)
+        in_total = next(line for line in text.splitlines() if line.startswith(names[0] + " "))
+        assert float(in_total.split()[1]) >= N_TRANSACTIONS
+
     # SIGTERM: both finish, commit and exit 0 with every offset committed
     assert bridge.terminate() == 0, bridge.tail()
     assert writer.terminate() == 0, writer.tail()
