@@ -220,17 +220,23 @@ def run(args: argparse.Namespace) -> int:
         data = run_dir / "data"
 
         if not _model_present(base_env):
-            train_csv = data / "train.csv"
+            # the same model as `make model`
+            train_csv = run_dir / "model" / "transactions-2019.csv"
             print("no model in the BentoML store: training the default one ...", flush=True)
             print(f"                                logs: {logs / 'train.log'}", flush=True)
             if not train_csv.exists():
+                train_csv.parent.mkdir(parents=True, exist_ok=True)
                 _run_step(
-                    [*cli, "generate", "--customers", "1000", "--episodes-per-year", "2"]
-                    + ["--start", "2019-01-01", "--end", "2019-06-30", "-o", str(train_csv)],
+                    [*cli, "generate", "--customers", "500", "--seed", "42"]
+                    + ["--start", "2019-01-01", "--end", "2019-12-31", "-o", str(train_csv)],
                     base_env,
                     logs / "train.log",
                 )
-            _run_step([*cli, "train", "--data", str(train_csv)], base_env, logs / "train.log")
+            _run_step(
+                [*cli, "train", "--data", str(train_csv), "--threads", "2", "--seed", "0"],
+                base_env,
+                logs / "train.log",
+            )
         if stop.is_set():
             return 130
 
