@@ -114,6 +114,7 @@ class PostgresHistoryStore(HistoryStore):
 
             apply_migrations(dsn)
         self._conn = None
+        self._cur = None
 
     def _connection(self):  # noqa: ANN202 - psycopg2 connection
         import psycopg2

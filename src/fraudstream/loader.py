@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fraudstream.schema import CATEGORIES, EARLIEST, LATEST, MAX_AMOUNT, TIME_FORMAT, Transaction
+from fraudstream.schema import (
+    CATEGORIES,
+    EARLIEST,
+    LATEST,
+    MAX_AMOUNT,
+    PERSONAL_FIELDS,
+    TIME_FORMAT,
+    Transaction,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -188,9 +196,10 @@ def load_csv(path: str | Path, require_target: bool = False) -> LoadResult:
         mask = np.asarray(mask) & ~empty[column]
         if mask.any():
             positions = np.flatnonzero(mask)
+            personal = column in PERSONAL_FIELDS  # never echo personal data
             for pos in positions:
-                text = reason or ""
-                errors.append((int(pos), column, f"{text} {values.iat[pos]!r}".strip()))
+                shown = "" if personal else f" {values.iat[pos]!r}"
+                errors.append((int(pos), column, f"{reason or ''}{shown}".strip()))
             bad |= mask
 
     out: dict[str, object] = {}
@@ -236,7 +245,7 @@ def load_csv(path: str | Path, require_target: bool = False) -> LoadResult:
     for column, (low, high) in RANGES.items():
         values = number(column)
         outside = ((values < low) | (values > high)).to_numpy()
-        report(column, outside, f"out of range {low}..{high}:", raw[column])
+        report(column, outside, f"out of range {low}..{high}", raw[column])
         out[column] = values.astype(float)
     for column, (low, high) in (("post_code", (0, 99999)), ("population_city", (0, 10**10))):
         values = number(column)
@@ -263,7 +272,7 @@ def load_csv(path: str | Path, require_target: bool = False) -> LoadResult:
         if column not in raw.columns:
             continue
         long = (raw[column].str.len() > limit).to_numpy()
-        report(column, long, f"longer than {limit} characters:", raw[column].str.slice(0, 20))
+        report(column, long, f"longer than {limit} characters", raw[column].str.slice(0, 20))
         out[column] = raw[column]
     if "target" in raw.columns:
         target = raw["target"]

@@ -9,6 +9,7 @@ import pytest
 
 from fraudstream.cli import main
 from fraudstream.loader import KAGGLE_NAMES, DataError, load_csv, to_transactions
+from fraudstream.schema import PERSONAL_FIELDS
 from fraudstream.simulator import simulate, write_csv
 
 pytestmark = pytest.mark.unit
@@ -72,6 +73,7 @@ BAD_VALUES = [
     ("lat", "91.5", "out of range"),
     ("merchant_lon", "-200", "out of range"),
     ("name_1", "", "missing value"),
+    ("street", "x" * 300, "longer than 200"),
     ("gender", "X", "F or M"),
 ]
 
@@ -88,6 +90,8 @@ def test_bad_row_is_reported_with_line_and_column_and_skipped(
     assert len(result.frame) == len(sample) - 1
     assert [(e.line, e.column) for e in result.errors] == [(5, column)]
     assert reason in result.errors[0].reason
+    if column in PERSONAL_FIELDS and value:
+        assert value not in str(result.errors[0])  # personal data is never echoed
 
 
 def test_kaggle_errors_name_the_kaggle_column(sample, tmp_path):
