@@ -157,6 +157,8 @@ def test_default_render_has_every_part() -> None:
         ("Pod", "fraudstream-test-score"),
     ]:
         assert expected in kinds, expected
+    account = named(render(), "ServiceAccount", "fraudstream")
+    assert account["automountServiceAccountToken"] is False
 
 
 def test_typo_in_values_is_refused_by_the_schema() -> None:
