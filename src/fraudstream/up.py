@@ -264,9 +264,10 @@ def run(args: argparse.Namespace) -> int:
         stream_csv = data / "stream.csv"
         if not args.no_replay and not stream_csv.exists():
             print("generating transactions to replay ...", flush=True)
+            stream_csv.parent.mkdir(parents=True, exist_ok=True)
             _run_step(
                 [*cli, "generate", "--customers", str(args.customers), "--seed", "1"]
-                + ["--start", "2020-01-01", "--end", "2020-12-31", "-o", str(stream_csv)],
+                + ["--start", "2020-01-01", "--end", "2020-03-31", "-o", str(stream_csv)],
                 base_env,
                 logs / "generate.log",
             )
