@@ -76,6 +76,8 @@ class Part:
     def start(self) -> Part:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
+            out.write(f"--- fraudstream up: {self.name} starting at {time.ctime()}\n".encode())
+            out.flush()
             self.proc = subprocess.Popen(
                 self.argv,
                 env=self.env,
