@@ -72,6 +72,14 @@ def test_the_batchable_score_api_scores_a_list(scorer, sample_transactions):
     ]
 
 
+def test_threshold_override(service_module, monkeypatch, sample_transactions):
+    monkeypatch.setattr(service_module.SETTINGS, "threshold", 0.5)
+    overridden = service_module.FraudScorer()
+    results = overridden.score_batch(_txs(sample_transactions[:50]))
+    assert overridden.scorer.threshold == 0.5
+    assert all(r.threshold == 0.5 and r.fraud_flag == (r.score >= 0.5) for r in results)
+
+
 def test_readiness_without_a_database(scorer):
     assert scorer.__is_ready__() is True
 
