@@ -300,6 +300,7 @@ def main() -> int:
     parser.add_argument("--bridge-batch-size", default="500")
     parser.add_argument("--bridge-max-wait-ms", default="50")
     parser.add_argument("--scorer-workers", default="1")
+    parser.add_argument("--bridges", type=int, default=1, help="bridge processes (one group)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -353,11 +354,13 @@ def main() -> int:
             "BRIDGE_BATCH_MAX_WAIT_MS": args.bridge_max_wait_ms,
         }
         metric_ports = {"writer": free_port(), "bridge": free_port()}
-        for name in ("writer", "bridge"):
+        names = ["writer", "bridge"] + [f"bridge{i}" for i in range(2, args.bridges + 1)]
+        for name in names:
+            port = metric_ports.get(name, 0)
             with open(work / f"{name}.log", "wb") as out:
                 parts.append(
                     subprocess.Popen(
-                        [*CLI, name, "--metrics-port", str(metric_ports[name])],
+                        [*CLI, name.rstrip("0123456789"), "--metrics-port", str(port)],
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -369,7 +372,7 @@ def main() -> int:
             "postgres": postgres_pids(postgres.data),
             "scorer": [scorer.proc.pid],
             "writer": [parts[0].pid],
-            "bridge": [parts[1].pid],
+            "bridge": [p.pid for p in parts[1:]],
         }
         lag = Lag(
             kafka.bootstrap,
