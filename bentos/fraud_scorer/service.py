@@ -463,6 +463,7 @@ class FraudScorer:
         scoring call and handing them to CatBoost costs ~30 % more CPU per call that way
         (8.3 vs 5.6 ms for one transaction), with identical scores.
         """
+        import gc
         import warnings
 
         import pandas as pd
@@ -476,6 +477,10 @@ class FraudScorer:
         warm = Scorer(self.scorer.model, self.scorer.metadata, InMemoryHistoryStore(), 0.0)
         warm.shap_calc_type = SETTINGS.shap_calc_type
         warm.score([Transaction.model_validate(EXAMPLE_TRANSACTION)])
+        # everything loaded so far (BentoML, pandas, CatBoost, the model) lives as long as the
+        # process: out of the collector's sight, a full collection stops ~10 ms instead of ~90 ms
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded (``__init__`` done) and the database answers."""
