@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # skaffold custom build of the `fraud-scorer` image, the BentoML way:
-#   bentoml build bentos/fraud_scorer  ->  bentoml containerize <bento> -t "$IMAGE"
+#   bentoml build -f bentos/fraud_scorer/bentofile.yaml .  ->  bentoml containerize <bento> -t "$IMAGE"
+# The build context is the repository root: the Bento packs the shared package under src/.
 #
 # skaffold sets IMAGE (full reference to produce), PUSH_IMAGE (true for a remote cluster) and
 # BUILD_CONTEXT. On kind and minikube PUSH_IMAGE is false: the image stays in the local Docker
@@ -23,7 +24,7 @@ if ! "$BENTOML" models get "$MODEL" >/dev/null 2>&1; then
   make model >&2
 fi
 
-out="$("$BENTOML" build bentos/fraud_scorer --output tag)"
+out="$("$BENTOML" build -f bentos/fraud_scorer/bentofile.yaml --output tag .)"
 bento="$(printf '%s\n' "$out" | sed -n 's/^__tag__://p' | tail -n1)"
 if [ -z "$bento" ]; then
   echo "bentoml build printed no tag:" >&2

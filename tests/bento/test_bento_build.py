@@ -66,3 +66,39 @@ def test_bento_builds_offline_and_serves(bentoml_home, trained_model, tmp_path: 
         assert resp.status_code == 200, resp.text
         assert resp.json()["model_version"] == str(trained_model)
         assert server.stop() == 0, server.tail()  # SIGTERM: a clean, graceful exit
+
+
+def test_skaffold_build_script_builds_and_containerizes_the_bento(
+    bentoml_home, trained_model, tmp_path: Path
+):
+    """scripts/build-scorer-image.sh (skaffold's custom build) as skaffold runs it; only the
+    final `bentoml containerize` (needs Docker) is recorded instead of run."""
+    calls = tmp_path / "containerize.args"
+    wrapper = tmp_path / "bentoml"
+    wrapper.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [ "$1" = containerize ]; then echo "$@" > {calls}; exit 0; fi\n'
+        f'exec {sys.executable} -m bentoml "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {
+        **os.environ,
+        **OFFLINE,
+        "BENTOML_HOME": str(bentoml_home),
+        "MODEL_TAG": str(trained_model),
+        "BENTOML": str(wrapper),
+        "IMAGE": "fraud-scorer:test",
+        "PUSH_IMAGE": "false",
+        "BUILD_CONTEXT": str(REPO_ROOT),
+    }
+    run = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "build-scorer-image.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    args = calls.read_text().split()
+    assert args[0] == "containerize" and args[1].startswith("fraud_scorer:")
+    assert args[2:] == ["--image-tag", "fraud-scorer:test"]
