@@ -296,6 +296,7 @@ class BatchRunner:
         self._buffer: list[Any] = []
         self._done: dict[Any, int] = {}  # TopicPartition -> next offset to read (processed)
         self._committed: dict[Any, int] = {}
+        self._resume: dict[Any, int] = {}  # partition -> first dropped offset (see the listener)
         self._last_commit = time.monotonic()
         self._last_lag = 0.0
         self.processed = 0
@@ -319,6 +320,13 @@ class BatchRunner:
                 log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
+                # A partition we keep across the rebalance: its fetch position is past the
+                # records we dropped from the buffer, so go back to the first of them.
+                with runner._lock:
+                    resume, runner._resume = runner._resume, {}
+                for tp in assigned:
+                    if tp in resume:
+                        runner.consumer.seek(tp, resume[tp])
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
             async def on_partitions_lost(self, lost: Any) -> None:
@@ -333,9 +341,17 @@ class BatchRunner:
 
         with self._lock:
             if discard:
-                self._buffer = [
-                    r for r in self._buffer if _tp(r) not in partitions
-                ]  # re-read by the next owner
+                kept = []
+                for record in self._buffer:
+                    tp = _tp(record)
+                    if tp in partitions:  # not processed: re-read by whoever owns it next
+                        first = self._resume.get(tp)
+                        self._resume[tp] = (
+                            record.offset if first is None else min(first, record.offset)
+                        )
+                    else:
+                        kept.append(record)
+                self._buffer = kept
             out = {
                 tp: OffsetAndMetadata(off, "", -1)
                 for tp, off in self._done.items()
