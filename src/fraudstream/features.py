@@ -286,21 +286,70 @@ class CardState:
 Event = tuple[str, float, float, int, int, int]
 
 
-def events_from_frame(frame: pd.DataFrame) -> list[Event]:
-    """History events of a frame of TETA columns, in the frame's row order."""
+# The transaction columns feature code reads. Both paths hand the feature functions these as
+# numpy arrays: training from a DataFrame (:func:`frame_columns`), serving straight from
+# ``Transaction`` objects (:func:`transaction_columns`), so serving builds no DataFrame at all.
+INPUT_COLUMNS: tuple[str, ...] = (
+    "transaction_time",
+    "merch",
+    "cat_id",
+    "amount",
+    "name_1",
+    "name_2",
+    "gender",
+    "street",
+    "us_state",
+    "lat",
+    "lon",
+    "population_city",
+    "merchant_lat",
+    "merchant_lon",
+)
+Columns = dict[str, "np.ndarray"]
+_MICROS_PER_MINUTE = 60_000_000
+_MICROS_PER_HOUR = 60 * _MICROS_PER_MINUTE
+_MICROS_PER_DAY = 24 * _MICROS_PER_HOUR
+
+
+def frame_columns(frame: pd.DataFrame) -> Columns:
+    """The input columns of a frame of TETA columns (times as datetime64[us])."""
+    cols = {c: frame[c].to_numpy() for c in INPUT_COLUMNS if c != "transaction_time"}
+    cols["transaction_time"] = frame["transaction_time"].to_numpy(dtype="datetime64[us]")
+    return cols
+
+
+def transaction_columns(transactions: Sequence[Any]) -> Columns:
+    """The input columns of ``Transaction`` objects (online path; no pandas)."""
+    import numpy as np
+
+    cols = {c: np.array([getattr(tx, c) for tx in transactions]) for c in INPUT_COLUMNS}
+    cols["transaction_time"] = cols["transaction_time"].astype("datetime64[us]")
+    return cols
+
+
+def _clock(times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hour, minute, day of week with Monday = 0) of datetime64 times."""
+    import numpy as np
+
+    micros = times.astype("datetime64[us]").astype(np.int64)
+    hour = (micros // _MICROS_PER_HOUR) % 24
+    minute = (micros // _MICROS_PER_MINUTE) % 60
+    day_of_week = (micros // _MICROS_PER_DAY + 3) % 7  # 1970-01-01 was a Thursday
+    return hour, minute, day_of_week
+
+
+def events_from_columns(cols: Columns) -> list[Event]:
+    """History events of transactions given as input columns, in their order."""
     import numpy as np
 
     from fraudstream.schema import card_key
 
-    times = frame["transaction_time"]
-    micros = times.to_numpy(dtype="datetime64[us]").astype(np.int64)
-    seconds = (micros / 1e6).tolist()
-    hours = times.dt.hour.to_numpy().tolist()
-
-    def column(name: str) -> list:
-        return frame[name].to_numpy(dtype=object).tolist()
-
-    names = zip(column("name_1"), column("name_2"), column("street"), strict=True)
+    times = cols["transaction_time"]
+    seconds = (times.astype(np.int64) / 1e6).tolist()
+    hours = _clock(times)[0].tolist()
+    names = zip(
+        cols["name_1"].tolist(), cols["name_2"].tolist(), cols["street"].tolist(), strict=True
+    )
     key_cache: dict[tuple[str, str, str], str] = {}
     keys = []
     for triple in names:
@@ -308,12 +357,17 @@ def events_from_frame(frame: pd.DataFrame) -> list[Event]:
         if key is None:
             key = key_cache[triple] = card_key(*triple)
         keys.append(key)
-    merch = column("merch")
+    merch = cols["merch"].tolist()
     merch_codes = {m: merchant_code(m) for m in set(merch)}
     merchants = [merch_codes[m] for m in merch]
-    cats = [CATEGORY_INDEX[c] for c in column("cat_id")]
-    amounts = frame["amount"].astype(float).tolist()
+    cats = [CATEGORY_INDEX[c] for c in cols["cat_id"].tolist()]
+    amounts = cols["amount"].astype(np.float64).tolist()
     return list(zip(keys, seconds, amounts, cats, merchants, hours, strict=True))
+
+
+def events_from_frame(frame: pd.DataFrame) -> list[Event]:
+    """History events of a frame of TETA columns, in the frame's row order."""
+    return events_from_columns(frame_columns(frame))
 
 
 def run_events(events: Iterable[Event], states: dict[str, CardState]) -> list[tuple]:
@@ -331,9 +385,14 @@ def run_events(events: Iterable[Event], states: dict[str, CardState]) -> list[tu
 
 def processing_order(frame: pd.DataFrame) -> np.ndarray:
     """Row positions in time order (stable: ties keep the file order)."""
+    return time_order(frame["transaction_time"].to_numpy())
+
+
+def time_order(times: np.ndarray) -> np.ndarray:
+    """Positions of ``times`` in time order (stable: ties keep their order)."""
     import numpy as np
 
-    return np.argsort(frame["transaction_time"].to_numpy(), kind="stable")
+    return np.argsort(times, kind="stable")
 
 
 def history_features(
@@ -364,30 +423,34 @@ def _haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def stateless_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Features of each transaction on its own (vectorised), from a frame of TETA columns."""
+def stateless_columns(cols: Columns) -> Columns:
+    """Features of each transaction on its own (vectorised) from its input columns."""
     import numpy as np
-    import pandas as pd
 
-    times = frame["transaction_time"]
-    amount = frame["amount"].to_numpy(dtype=np.float64)
-    hour = times.dt.hour.to_numpy()
-    out = {
+    amount = cols["amount"].astype(np.float64)
+    hour, minute, day_of_week = _clock(cols["transaction_time"])
+    return {
         "amount": amount,
         "log_amount": np.log1p(amount),
-        "cat_id": frame["cat_id"].astype(str).to_numpy(),
+        "cat_id": cols["cat_id"].astype(str).astype(object),
         "hour": hour.astype(np.float64),
-        "minute_of_day": (hour * 60 + times.dt.minute.to_numpy()).astype(np.float64),
-        "day_of_week": times.dt.day_of_week.to_numpy().astype(np.float64),
+        "minute_of_day": (hour * 60 + minute).astype(np.float64),
+        "day_of_week": day_of_week.astype(np.float64),
         "is_night": ((hour >= 22) | (hour < 4)).astype(np.float64),
         "distance_km": _haversine_km(
-            frame["lat"], frame["lon"], frame["merchant_lat"], frame["merchant_lon"]
+            cols["lat"], cols["lon"], cols["merchant_lat"], cols["merchant_lon"]
         ),
-        "log_city_pop": np.log1p(frame["population_city"].to_numpy(dtype=np.float64)),
-        "gender": frame["gender"].astype(str).to_numpy(),
-        "us_state": frame["us_state"].astype(str).to_numpy(),
+        "log_city_pop": np.log1p(cols["population_city"].astype(np.float64)),
+        "gender": cols["gender"].astype(str).astype(object),
+        "us_state": cols["us_state"].astype(str).astype(object),
     }
-    return pd.DataFrame(out, index=frame.index)
+
+
+def stateless_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`stateless_columns` of a frame of TETA columns, as a frame (batch path)."""
+    import pandas as pd
+
+    return pd.DataFrame(stateless_columns(frame_columns(frame)), index=frame.index)
 
 
 def build_features(
@@ -405,26 +468,7 @@ def build_features(
 
 
 def transactions_frame(transactions: Sequence[Any]) -> pd.DataFrame:
-    """A frame of TETA columns from ``Transaction`` objects (online path)."""
+    """A frame of TETA columns from ``Transaction`` objects (for tests and tools)."""
     import pandas as pd
 
-    columns = (
-        "transaction_time",
-        "merch",
-        "cat_id",
-        "amount",
-        "name_1",
-        "name_2",
-        "gender",
-        "street",
-        "us_state",
-        "lat",
-        "lon",
-        "population_city",
-        "merchant_lat",
-        "merchant_lon",
-    )
-    data = {c: [getattr(tx, c) for tx in transactions] for c in columns}
-    frame = pd.DataFrame(data)
-    frame["transaction_time"] = pd.to_datetime(frame["transaction_time"]).astype("datetime64[us]")
-    return frame
+    return pd.DataFrame(transaction_columns(transactions))

@@ -24,17 +24,21 @@ from pydantic import BaseModel, Field
 from fraudstream.features import (
     CATEGORICAL_FEATURES,
     HISTORY_FEATURES,
-    events_from_frame,
-    processing_order,
-    stateless_features,
-    transactions_frame,
+    events_from_columns,
+    stateless_columns,
+    time_order,
+    transaction_columns,
 )
 from fraudstream.history import HistoryStore, InMemoryHistoryStore
 from fraudstream.schema import Transaction
 
 if TYPE_CHECKING:
     import catboost
-    import pandas as pd
+
+# The model input of a batch: one list of feature values per transaction, in the model's
+# feature order (categorical values as strings). Plain rows, not a DataFrame: for the small
+# batches of online traffic, building frames cost several times more than the prediction.
+Rows = list[list[Any]]
 
 log = logging.getLogger(__name__)
 N_REASONS = 3
@@ -88,28 +92,26 @@ class Scorer:
         self.model_version = model_version
         self._lock = threading.Lock()
 
-    def features(self, transactions: Sequence[Transaction]) -> tuple[list[str], pd.DataFrame]:
-        """(transaction ids, model input) for a batch; records the batch in the history."""
-        import numpy as np
-        import pandas as pd
-
+    def features(self, transactions: Sequence[Transaction]) -> tuple[list[str], Rows]:
+        """(transaction ids, model input rows) for a batch; records the batch in the history."""
         ids = [tx.transaction_id or str(uuid.uuid4()) for tx in transactions]
-        frame = transactions_frame(transactions)
-        parts = [stateless_features(frame)]
-        order = processing_order(frame)
-        events = events_from_frame(frame)
+        cols = transaction_columns(transactions)
+        features = {name: values.tolist() for name, values in stateless_columns(cols).items()}
+        order = time_order(cols["transaction_time"]).tolist()
+        events = events_from_columns(cols)
         with self._lock:
             values = self.history.apply([ids[i] for i in order], [events[i] for i in order])
-        array = np.empty((len(frame), len(HISTORY_FEATURES)), dtype=np.float64)
-        if values:
-            array[order] = np.asarray(values, dtype=np.float64)
-        parts.append(pd.DataFrame(array, columns=list(HISTORY_FEATURES), index=frame.index))
-        features = pd.concat(parts, axis=1)
-        return ids, features[self.feature_names]
+        history: list[tuple] = [()] * len(ids)
+        for position, row in zip(order, values, strict=True):
+            history[position] = row
+        for j, name in enumerate(HISTORY_FEATURES):
+            features[name] = [float(row[j]) for row in history]
+        columns = [features[name] for name in self.feature_names]
+        return ids, [list(row) for row in zip(*columns, strict=True)]
 
-    def predict(self, features: pd.DataFrame) -> Any:
-        """Fraud probabilities of a model-input frame."""
-        return self.model.predict_proba(features, thread_count=self.prediction_threads)[:, 1]
+    def predict(self, rows: Rows) -> Any:
+        """Fraud probabilities (numpy array) of model-input rows."""
+        return self.model.predict_proba(rows, thread_count=self.prediction_threads)[:, 1]
 
     def score(self, transactions: Sequence[Transaction], explain: bool = True) -> list[ScoreResult]:
         """Scores in input order; reasons (top-3 SHAP) only for flagged transactions."""
@@ -133,12 +135,13 @@ class Scorer:
             for i in range(len(ids))
         ]
 
-    def _reasons(self, features: pd.DataFrame, rows: list[int]) -> dict[int, list[Reason]]:
+    def _reasons(self, features: Rows, rows: list[int]) -> dict[int, list[Reason]]:
         import catboost
         import numpy as np
 
-        subset = features.iloc[rows]
-        pool = catboost.Pool(subset, cat_features=self.categorical_features)
+        subset = [features[i] for i in rows]
+        cat_indices = [self.feature_names.index(c) for c in self.categorical_features]
+        pool = catboost.Pool(subset, cat_features=cat_indices)
         shap = self.model.get_feature_importance(
             pool,
             type="ShapValues",
@@ -153,7 +156,7 @@ class Scorer:
             out[row] = [
                 Reason(
                     feature=names[j],
-                    value=_display(subset.iat[pos, j]),
+                    value=_display(subset[pos][j]),
                     impact=round(float(contrib[j]), 6),
                 )
                 for j in top

@@ -61,8 +61,8 @@ def test_scoring_the_same_transaction_twice_counts_it_once(scorer, example):
     (again,) = scorer.score(_txs([first]))
     assert again == once
     # the card's history holds idem-1 once: the next transaction sees one earlier transaction
-    _, features = scorer.scorer.features(_txs([later]))
-    assert features["h_n_prev"].iloc[0] == 1
+    _, rows = scorer.scorer.features(_txs([later]))
+    assert rows[0][scorer.scorer.feature_names.index("h_n_prev")] == 1
 
 
 def test_the_batchable_score_api_scores_a_list(scorer, sample_transactions):
