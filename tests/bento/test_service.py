@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from asyncio import run
 from types import ModuleType
 
 import pytest
@@ -17,13 +18,16 @@ def scorer(service_module: ModuleType):
     return service_module.FraudScorer()
 
 
+# The API methods are coroutines (they run on the server's event loop): `run` awaits one.
+
+
 def _txs(rows: list[dict]) -> list[Transaction]:
     return [Transaction.model_validate(r) for r in rows]
 
 
 def test_results_come_in_input_order_with_the_model_contract(scorer, sample_transactions):
     rows = sample_transactions[:120]
-    results = scorer.score_batch(_txs(rows))
+    results = run(scorer.score_batch(_txs(rows)))
     assert [r.transaction_id for r in results] == [r["transaction_id"] for r in rows]
     for r in results:
         assert 0.0 <= r.score <= 1.0
@@ -33,7 +37,7 @@ def test_results_come_in_input_order_with_the_model_contract(scorer, sample_tran
 
 
 def test_flagged_transactions_get_up_to_three_positive_reasons(scorer, sample_transactions):
-    results = scorer.score_batch(_txs(sample_transactions[120:400]))
+    results = run(scorer.score_batch(_txs(sample_transactions[120:400])))
     flagged = [r for r in results if r.fraud_flag]
     assert flagged, "the sample should contain transactions the model flags"
     for r in results:
@@ -48,8 +52,8 @@ def test_flagged_transactions_get_up_to_three_positive_reasons(scorer, sample_tr
 
 def test_a_missing_transaction_id_is_generated(scorer, example):
     del example["transaction_id"]
-    (first,) = scorer.score(_txs([example]))
-    (second,) = scorer.score(_txs([example]))
+    (first,) = run(scorer.score(_txs([example])))
+    (second,) = run(scorer.score(_txs([example])))
     assert len(first.transaction_id) >= 32 and first.transaction_id != second.transaction_id
 
 
@@ -57,8 +61,8 @@ def test_scoring_the_same_transaction_twice_counts_it_once(scorer, example):
     card = {**example, "name_1": "Idem", "name_2": "Potent", "street": "1 Repeat Road"}
     first = {**card, "transaction_id": "idem-1", "transaction_time": "2020-07-01 10:00:00"}
     later = {**card, "transaction_id": "idem-2", "transaction_time": "2020-07-01 11:00:00"}
-    (once,) = scorer.score(_txs([first]))
-    (again,) = scorer.score(_txs([first]))
+    (once,) = run(scorer.score(_txs([first])))
+    (again,) = run(scorer.score(_txs([first])))
     assert again == once
     # the card's history holds idem-1 once: the next transaction sees one earlier transaction
     _, rows = scorer.scorer.features(_txs([later]))
@@ -66,7 +70,7 @@ def test_scoring_the_same_transaction_twice_counts_it_once(scorer, example):
 
 
 def test_the_batchable_score_api_scores_a_list(scorer, sample_transactions):
-    results = scorer.score(_txs(sample_transactions[:5]))
+    results = run(scorer.score(_txs(sample_transactions[:5])))
     assert [r.transaction_id for r in results] == [
         r["transaction_id"] for r in sample_transactions[:5]
     ]
@@ -75,7 +79,7 @@ def test_the_batchable_score_api_scores_a_list(scorer, sample_transactions):
 def test_threshold_override(service_module, monkeypatch, sample_transactions):
     monkeypatch.setattr(service_module.SETTINGS, "threshold", 0.5)
     overridden = service_module.FraudScorer()
-    results = overridden.score_batch(_txs(sample_transactions[:50]))
+    results = run(overridden.score_batch(_txs(sample_transactions[:50])))
     assert overridden.scorer.threshold == 0.5
     assert all(r.threshold == 0.5 and r.fraud_flag == (r.score >= 0.5) for r in results)
 
