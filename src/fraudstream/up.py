@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fraudstream.local.paths import REPO_ROOT
+
 log = logging.getLogger(__name__)
 
 MODEL_TAG = "fraud-model:latest"
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--customers", type=int, default=1000, help="card holders in the generated stream"
     )
     parser.add_argument("--no-replay", action="store_true", help="start the pipeline only")
+    parser.add_argument("--ui-port", type=int, default=8501, help="the analyst page (Streamlit)")
+    parser.add_argument("--no-ui", action="store_true", help="do not start the analyst page")
 
 
 def _port(wanted: int) -> int:
@@ -263,6 +267,13 @@ def run(args: argparse.Namespace) -> int:
             )
             parts.append(part.start())
 
+        if not args.no_ui:
+            ports["ui"] = _port(args.ui_port)
+            ui_argv = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "ui" / "app.py")]
+            ui_argv += ["--server.port", str(ports["ui"]), "--server.headless", "true"]
+            ui_argv += ["--browser.gatherUsageStats", "false"]
+            parts.append(Part("ui", ui_argv, pipeline_env, logs / "ui.log").start())
+
         stream_csv = data / "stream.csv"
         if not args.no_replay and not stream_csv.exists():
             print("generating transactions to replay ...", flush=True)
@@ -297,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
                 if replay
                 else ""
             )
+            + (f"analyst page http://127.0.0.1:{ports['ui']}/\n" if "ui" in ports else "")
             + f"logs         {logs}/\n\nrunning; press Ctrl-C to stop",
             flush=True,
         )
