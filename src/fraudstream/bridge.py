@@ -289,10 +289,10 @@ def run(args: argparse.Namespace) -> int:
         BatchRunner,
         ConsumerMetrics,
         DeadLetters,
-        DlqRatioExceededError,
         install_signal_handlers,
         make_consumer,
         make_producer,
+        run_to_exit_code,
         start_metrics_server,
     )
     from fraudstream.logs import setup_logging
@@ -360,17 +360,4 @@ def run(args: argparse.Namespace) -> int:
             "group_id": settings.bridge_group_id,
         },
     )
-    try:
-        runner.run()
-    except DlqRatioExceededError as err:
-        metrics.errors.labels("dlq_ratio").inc()
-        log.error("%s", err)
-        return 3
-    except Exception:
-        log.exception("bridge stopped by an unexpected error")
-        return 1
-    finally:
-        scorer.close()
-        producer.close()
-    log.info("bridge stopped cleanly")
-    return 0
+    return run_to_exit_code(runner, "bridge", [scorer, producer])

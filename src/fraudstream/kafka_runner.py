@@ -485,6 +485,27 @@ class BatchRunner:
         log.info("consumer closed after %d records", self.processed)
 
 
+def run_to_exit_code(runner: BatchRunner, name: str, closers: Sequence[Any]) -> int:
+    """Run a consumer process's loop; its exit code: 0 after a clean stop (SIGTERM/SIGINT),
+    3 when the DLQ ratio guard stopped it, 1 on any other error (Kubernetes restarts it; no
+    record is skipped). ``closers`` are closed whatever happens."""
+    try:
+        runner.run()
+    except DlqRatioExceededError as err:
+        if runner.metrics is not None:
+            runner.metrics.errors.labels("dlq_ratio").inc()
+        log.error("%s", err)
+        return 3
+    except Exception:
+        log.exception("%s stopped by an unexpected error", name)
+        return 1
+    finally:
+        for closer in closers:
+            closer.close()
+    log.info("%s stopped cleanly", name)
+    return 0
+
+
 def _tp(record: Any) -> Any:
     from kafka import TopicPartition
 

@@ -265,10 +265,10 @@ def run(args: argparse.Namespace) -> int:
         BatchRunner,
         ConsumerMetrics,
         DeadLetters,
-        DlqRatioExceededError,
         install_signal_handlers,
         make_consumer,
         make_producer,
+        run_to_exit_code,
         start_metrics_server,
     )
     from fraudstream.logs import setup_logging
@@ -321,17 +321,4 @@ def run(args: argparse.Namespace) -> int:
         "writer starting",
         extra={"topic_in": kafka.topic_scoring, "group_id": settings.writer_group_id},
     )
-    try:
-        runner.run()
-    except DlqRatioExceededError as err:
-        metrics.errors.labels("dlq_ratio").inc()
-        log.error("%s", err)
-        return 3
-    except Exception:
-        log.exception("writer stopped by an unexpected error")
-        return 1
-    finally:
-        store.close()
-        producer.close()
-    log.info("writer stopped cleanly")
-    return 0
+    return run_to_exit_code(runner, "writer", [store, producer])
