@@ -21,6 +21,7 @@ from fraudstream.schema import (
     LATEST,
     MAX_AMOUNT,
     PERSONAL_FIELDS,
+    TETA_COLUMNS,
     TIME_FORMAT,
     Transaction,
 )
@@ -53,25 +54,7 @@ KAGGLE_NAMES: dict[str, str] = {
     "target": "is_fraud",
     "transaction_id": "trans_num",
 }
-REQUIRED: tuple[str, ...] = (
-    "transaction_time",
-    "merch",
-    "cat_id",
-    "amount",
-    "name_1",
-    "name_2",
-    "gender",
-    "street",
-    "one_city",
-    "us_state",
-    "post_code",
-    "lat",
-    "lon",
-    "population_city",
-    "jobs",
-    "merchant_lat",
-    "merchant_lon",
-)
+REQUIRED: tuple[str, ...] = TETA_COLUMNS
 OPTIONAL: tuple[str, ...] = ("target", "transaction_id")
 TEXT_LIMITS: dict[str, int] = {
     "merch": 200,

@@ -9,26 +9,10 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-CATEGORIES: tuple[str, ...] = (
-    "entertainment",
-    "food_dining",
-    "gas_transport",
-    "grocery_net",
-    "grocery_pos",
-    "health_fitness",
-    "home",
-    "kids_pets",
-    "misc_net",
-    "misc_pos",
-    "personal_care",
-    "shopping_net",
-    "shopping_pos",
-    "travel",
-)
 Category = Literal[
     "entertainment",
     "food_dining",
@@ -45,6 +29,29 @@ Category = Literal[
     "shopping_pos",
     "travel",
 ]
+CATEGORIES: tuple[str, ...] = get_args(Category)
+
+# The columns of a transaction in the TETA shape, in file order (``target`` comes after them in
+# labelled data); the loader maps the Kaggle names onto these.
+TETA_COLUMNS: tuple[str, ...] = (
+    "transaction_time",
+    "merch",
+    "cat_id",
+    "amount",
+    "name_1",
+    "name_2",
+    "gender",
+    "street",
+    "one_city",
+    "us_state",
+    "post_code",
+    "lat",
+    "lon",
+    "population_city",
+    "jobs",
+    "merchant_lat",
+    "merchant_lon",
+)
 
 MAX_AMOUNT = 1_000_000.0
 EARLIEST = datetime(1990, 1, 1)

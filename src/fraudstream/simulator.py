@@ -18,6 +18,7 @@ import time
 from datetime import date
 from typing import TYPE_CHECKING
 
+from fraudstream import schema
 from fraudstream.schema import CATEGORIES, TIME_FORMAT
 
 if TYPE_CHECKING:
@@ -26,26 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TETA_COLUMNS: tuple[str, ...] = (
-    "transaction_time",
-    "merch",
-    "cat_id",
-    "amount",
-    "name_1",
-    "name_2",
-    "gender",
-    "street",
-    "one_city",
-    "us_state",
-    "post_code",
-    "lat",
-    "lon",
-    "population_city",
-    "jobs",
-    "merchant_lat",
-    "merchant_lon",
-    "target",
-)
+TETA_COLUMNS: tuple[str, ...] = (*schema.TETA_COLUMNS, "target")  # output columns
 
 # normal spending per category: (mean, sd) of the amount in USD
 AMOUNTS: dict[str, tuple[float, float]] = {
