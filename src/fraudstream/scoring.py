@@ -34,11 +34,12 @@ from fraudstream.schema import Transaction
 
 if TYPE_CHECKING:
     import catboost
+    import numpy as np
 
-# The model input of a batch: one list of feature values per transaction, in the model's
-# feature order (categorical values as strings). Plain rows, not a DataFrame: for the small
-# batches of online traffic, building frames cost several times more than the prediction.
-Rows = list[list[Any]]
+# The model input of a batch: a 2-D object array, one row per transaction, columns in the
+# model's feature order (categorical values as strings). Not a DataFrame: for the small batches
+# of online traffic, building frames cost several times more than the prediction; and not a list
+# of rows, which CatBoost converts whole just to check its shape (4x slower for 500 rows).
 
 log = logging.getLogger(__name__)
 N_REASONS = 3
@@ -92,8 +93,10 @@ class Scorer:
         self.model_version = model_version
         self._lock = threading.Lock()
 
-    def features(self, transactions: Sequence[Transaction]) -> tuple[list[str], Rows]:
+    def features(self, transactions: Sequence[Transaction]) -> tuple[list[str], np.ndarray]:
         """(transaction ids, model input rows) for a batch; records the batch in the history."""
+        import numpy as np
+
         ids = [tx.transaction_id or str(uuid.uuid4()) for tx in transactions]
         cols = transaction_columns(transactions)
         features = {name: values.tolist() for name, values in stateless_columns(cols).items()}
@@ -106,10 +109,12 @@ class Scorer:
             history[position] = row
         for j, name in enumerate(HISTORY_FEATURES):
             features[name] = [float(row[j]) for row in history]
-        columns = [features[name] for name in self.feature_names]
-        return ids, [list(row) for row in zip(*columns, strict=True)]
+        rows = np.empty((len(ids), len(self.feature_names)), dtype=object)
+        for j, name in enumerate(self.feature_names):
+            rows[:, j] = features[name]
+        return ids, rows
 
-    def predict(self, rows: Rows) -> Any:
+    def predict(self, rows: np.ndarray) -> Any:
         """Fraud probabilities (numpy array) of model-input rows."""
         return self.model.predict_proba(rows, thread_count=self.prediction_threads)[:, 1]
 
@@ -135,11 +140,11 @@ class Scorer:
             for i in range(len(ids))
         ]
 
-    def _reasons(self, features: Rows, rows: list[int]) -> dict[int, list[Reason]]:
+    def _reasons(self, features: np.ndarray, rows: list[int]) -> dict[int, list[Reason]]:
         import catboost
         import numpy as np
 
-        subset = [features[i] for i in rows]
+        subset = features[rows]
         cat_indices = [self.feature_names.index(c) for c in self.categorical_features]
         pool = catboost.Pool(subset, cat_features=cat_indices)
         shap = self.model.get_feature_importance(
@@ -156,7 +161,7 @@ class Scorer:
             out[row] = [
                 Reason(
                     feature=names[j],
-                    value=_display(subset[pos][j]),
+                    value=_display(subset[pos, j]),
                     impact=round(float(contrib[j]), 6),
                 )
                 for j in top
