@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fraudstream.schema import CATEGORIES
+from fraudstream.schema import CATEGORIES, TETA_COLUMNS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -289,21 +289,8 @@ Event = tuple[str, float, float, int, int, int]
 # The transaction columns feature code reads. Both paths hand the feature functions these as
 # numpy arrays: training from a DataFrame (:func:`frame_columns`), serving straight from
 # ``Transaction`` objects (:func:`transaction_columns`), so serving builds no DataFrame at all.
-INPUT_COLUMNS: tuple[str, ...] = (
-    "transaction_time",
-    "merch",
-    "cat_id",
-    "amount",
-    "name_1",
-    "name_2",
-    "gender",
-    "street",
-    "us_state",
-    "lat",
-    "lon",
-    "population_city",
-    "merchant_lat",
-    "merchant_lon",
+INPUT_COLUMNS: tuple[str, ...] = tuple(
+    c for c in TETA_COLUMNS if c not in {"one_city", "post_code", "jobs"}
 )
 Columns = dict[str, "np.ndarray"]
 _MICROS_PER_MINUTE = 60_000_000
