@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fraudstream.local.paths import REPO_ROOT
+from fraudstream.local.process import stop_group
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,8 @@ class Part:
         return None if self.proc is None else self.proc.poll()
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
 
 
 def _model_present(env: dict[str, str]) -> bool:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from fraudstream.local.paths import REPO_ROOT, cache_dir, free_port, wait_for_port
+from fraudstream.local.process import stop_group
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +213,8 @@ class KafkaBroker:
         return False
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = None
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
         self.proc = None
 
     def restart(self) -> None:

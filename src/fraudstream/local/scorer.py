@@ -8,7 +8,6 @@ SIGTERM (BentoML shuts down gracefully) and SIGKILL only if it has not exited in
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from fraudstream.local.paths import REPO_ROOT, free_port
+from fraudstream.local.process import stop_group
 
 SERVICE = "bentos.fraud_scorer.service:FraudScorer"
 
@@ -99,16 +99,7 @@ class ScorerServer:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the process group, wait, then SIGKILL; return the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(10)
-        except ProcessLookupError:
-            return self.proc.wait(10)
+        return None if self.proc is None else stop_group(self.proc, timeout)
 
     def tail(self, chars: int = 4000) -> str:
         if not self.log_path.exists():
