@@ -89,17 +89,22 @@ def topics() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def scorer_url(session_dir: Path, bentoml_home: str | Path, trained_model: str) -> Iterator[str]:
-    """Base URL of a real ``bentoml serve`` of the fraud scorer serving ``trained_model``
-    (in-memory history, one worker) on a free port; ready (``/readyz`` = 200) when yielded."""
-    env = {
+def scorer_env(bentoml_home: str | Path, trained_model: str) -> dict[str, str]:
+    """Environment of a test scorer: ``trained_model``, in-memory history, one worker."""
+    return {
         "BENTOML_HOME": str(bentoml_home),
         "MODEL_TAG": str(trained_model),
         "DATABASE_URL": "",
         "WORKERS": "1",
         "LOG_FORMAT": "json",
     }
-    with ScorerServer(session_dir / "scorer.log", env=env) as server:
+
+
+@pytest.fixture(scope="session")
+def scorer_url(session_dir: Path, scorer_env: dict[str, str]) -> Iterator[str]:
+    """Base URL of a real ``bentoml serve`` of the fraud scorer serving ``trained_model``
+    (in-memory history, one worker) on a free port; ready (``/readyz`` = 200) when yielded."""
+    with ScorerServer(session_dir / "scorer.log", env=scorer_env) as server:
         yield server.url
 
 

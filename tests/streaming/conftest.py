@@ -328,19 +328,10 @@ def scorer(scorer_url: str) -> RunningScorer:
 
 
 @pytest.fixture
-def stoppable_scorer(
-    tmp_path: Path, bentoml_home: Path, trained_model: str
-) -> Iterator[ScorerServer]:
+def stoppable_scorer(tmp_path: Path, scorer_env: dict[str, str]) -> Iterator[ScorerServer]:
     """A real ``bentoml serve`` of this test's own, to stop and start again."""
     from fraudstream.local.scorer import ScorerServer
 
-    env = {
-        "BENTOML_HOME": str(bentoml_home),
-        "MODEL_TAG": str(trained_model),
-        "DATABASE_URL": "",
-        "WORKERS": "1",
-        "LOG_FORMAT": "json",
-    }
-    server = ScorerServer(tmp_path / "scorer.log", env=env).start()
+    server = ScorerServer(tmp_path / "scorer.log", env=scorer_env).start()
     yield server
     server.stop()
