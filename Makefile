@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fraudstream
 STAMP := $(VENV)/.installed
 
-.PHONY: up test venv lint format clean model serve tools browser ui
+.PHONY: up test venv lint format clean model serve tools browser ui e2e-kind
 
 up: venv  ## run the whole pipeline locally (Ctrl-C stops it)
 	$(VENV)/bin/fraudstream up
@@ -72,3 +72,8 @@ format: venv
 clean:  ## remove local state (the download cache in ~/.cache/fraudstream is kept)
 	rm -rf $(VENV) .run .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The users' journeys on a real kind cluster (not part of `make test`: ~40 min). Needs Docker, kind,
+# kubectl and helm; uses skaffold when installed. See scripts/e2e_kind/ and k8s/README.md.
+e2e-kind: venv  ## deploy to kind, load-test in the cluster, check monitoring, alerts and chaos
+	scripts/e2e-kind.sh $(E2E_ARGS)
