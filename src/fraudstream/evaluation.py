@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model, metadata, tag = load_model(args.model)
+    except ModuleNotFoundError:
+        raise  # no 'train' extra: the CLI names what to install
     except Exception as err:  # noqa: BLE001 - bentoml raises several kinds
         print(f"error: cannot load model {args.model}: {err}")
         return 2
