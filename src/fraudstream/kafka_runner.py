@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fraudstream import health
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[list[Any]], None]
@@ -55,6 +57,7 @@ def backoff_delays(initial: float = 0.1, cap: float = 10.0) -> Any:
 
     delay = initial
     while True:
+        health.beat()  # waiting for a dependency on purpose is progress, not a stuck loop
         yield delay * random.uniform(0.8, 1.2)
         delay = min(delay * 2, cap)
 
@@ -109,12 +112,11 @@ class ConsumerMetrics:
 
 
 def start_metrics_server(port: int) -> None:
-    """Serve ``/metrics`` on ``port`` (0 = off)."""
+    """Serve ``/metrics`` and the liveness ``/healthz`` (:mod:`fraudstream.health`) on ``port``
+    (0 = off)."""
     if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port)
-        log.info("metrics on :%d/metrics", port)
+        health.serve(port)
+        log.info("metrics on :%d/metrics, liveness on :%d/healthz", port, port)
 
 
 # --------------------------------------------------------------------------- clients
@@ -423,6 +425,7 @@ class BatchRunner:
         return batch
 
     def _housekeeping(self) -> None:
+        health.beat()  # after every batch and every idle poll: the loop is alive (/healthz)
         self.commit()
         now = time.monotonic()
         if self.metrics is None or now - self._last_lag < self.lag_interval:

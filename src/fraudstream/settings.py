@@ -25,6 +25,9 @@ class KafkaSettings(_Base):
     topic_dlq: str = "transactions.dlq"
     topic_partitions: int = 6
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    # most bytes kept per partition before the oldest segments go (-1 = no size limit, Kafka's
+    # default); whichever of time and size is reached first applies
+    topic_retention_bytes: int = -1
 
 
 class DatabaseSettings(_Base):
@@ -109,6 +112,13 @@ class WriterSettings(_Base):
     writer_commit_interval_ms: int = 1000
     db_retry_max_s: float = 10.0  # reconnect/retry backoff cap while PostgreSQL is away
     metrics_port: int = 9102
+
+
+class HealthSettings(_Base):
+    """``/healthz`` of the consumers (:mod:`fraudstream.health`)."""
+
+    # 503 once the consumer loop has made no progress (poll, batch, retry wait) for this long
+    liveness_max_age_s: float = 60.0
 
 
 class ReplaySettings(_Base):
