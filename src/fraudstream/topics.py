@@ -26,6 +26,7 @@ def create_topics(
     retention_ms: int,
     replication_factor: int | None = None,
     timeout_s: float = 30.0,
+    retention_bytes: int = -1,
 ) -> dict[str, str]:
     """Create the topics that are missing; return {name: 'created' | 'exists (N partitions)'}."""
     from kafka import KafkaAdminClient
@@ -47,6 +48,7 @@ def create_topics(
                 replication_factor=replication_factor,
                 topic_configs={
                     "retention.ms": str(retention_ms),
+                    "retention.bytes": str(retention_bytes),
                     "min.insync.replicas": str(min(2, replication_factor)),
                 },
             )
@@ -108,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="retention (default: $TOPIC_RETENTION_MS or 7 days)",
     )
     parser.add_argument(
+        "--retention-bytes",
+        type=int,
+        default=kafka.topic_retention_bytes,
+        help="most bytes per partition (default: $TOPIC_RETENTION_BYTES or -1, no limit)",
+    )
+    parser.add_argument(
         "--replication-factor",
         type=int,
         default=None,
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         retention_ms=args.retention_ms,
         replication_factor=args.replication_factor,
+        retention_bytes=args.retention_bytes,
     )
     for name in names:
         print(f"{name}: {result[name]}")

@@ -7,6 +7,7 @@ into the download cache); ``make test`` runs it first, and the first helm call r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,13 +67,19 @@ def load_objects(text: str) -> list[dict]:
 
 
 @cache
-def _render(chart: str, kube_version: str, values: tuple[str, ...], sets: tuple[str, ...]) -> str:
+def _render(
+    chart: str,
+    kube_version: str,
+    values: tuple[str, ...],
+    sets: tuple[str, ...],
+    flags: tuple[str, ...] = (),
+) -> str:
     args = ["template", RELEASE, chart, "--namespace", NAMESPACE, "--kube-version", kube_version]
     for v in values:
         args += ["-f", v]
     for s in sets:
         args += ["--set", s]
-    return run_helm(*args)
+    return run_helm(*args, *flags)
 
 
 def render(
@@ -80,9 +87,20 @@ def render(
     values: tuple[str, ...] = (),
     sets: tuple[str, ...] = (),
     kube_version: str = KUBE_VERSIONS[-1],
+    flags: tuple[str, ...] = (),
 ) -> list[dict]:
     """The objects `helm template` makes (hooks and test pods included)."""
-    return load_objects(_render(str(chart), kube_version, tuple(values), tuple(sets)))
+    return load_objects(_render(str(chart), kube_version, tuple(values), tuple(sets), flags))
+
+
+def schema_has(*path: str) -> bool:
+    """Whether values.schema.json declares the value at ``path`` (e.g. "loadtest", "enabled")."""
+    node = json.loads((CHART / "values.schema.json").read_text())
+    for key in path:
+        node = (node.get("properties") or {}).get(key)
+        if node is None:
+            return False
+    return True
 
 
 def scenario_values(name: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from k8s_helpers import (
     render,
     run_helm,
     scenario_values,
+    schema_has,
     skaffold_release,
     skaffold_sets,
 )
@@ -29,6 +30,7 @@ from referencing import Registry, Resource
 from fraudstream.settings import (
     BridgeSettings,
     DatabaseSettings,
+    HealthSettings,
     KafkaSettings,
     LogSettings,
     ScorerSettings,
@@ -216,6 +218,54 @@ def test_scorer_probes_use_bentoml_endpoints() -> None:
     assert svc["spec"]["ports"][0]["name"] == "http" and svc["spec"]["ports"][0]["port"] == 3000
 
 
+def test_scorer_keeps_serving_until_its_endpoint_is_gone() -> None:
+    """preStop: the pod keeps answering while the endpoint removal reaches every node, then
+    gets SIGTERM; the grace period covers that wait and the in-flight requests after it."""
+    spec = pod_spec(named(render(), "Deployment", "fraudstream-scorer"))
+    (c,) = spec["containers"]
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 5
+    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + 10
+    off = pod_spec(
+        named(render(sets=("scorer.preStopSeconds=0",)), "Deployment", "fraudstream-scorer")
+    )
+    assert "lifecycle" not in off["containers"][0]
+    with pytest.raises(AssertionError, match="must be more than scorer.preStopSeconds"):
+        render(sets=("scorer.preStopSeconds=30", "scorer.terminationGracePeriodSeconds=30"))
+
+
+def test_scorer_does_not_shed_load_at_the_target_rate() -> None:
+    """A load-shedding deadline of a few tens of milliseconds refuses /score calls with 503 on a
+    busy 2-core node at 400/s: the chart keeps at least the service's own default."""
+    data = named(render(), "ConfigMap", "fraudstream-scorer")["data"]
+    assert int(data["ADAPTIVE_MAX_LATENCY_MS"]) >= ScorerSettings().adaptive_max_latency_ms
+
+
+def test_scorer_sends_no_usage_analytics() -> None:
+    objects = render()
+    (c,) = containers(named(objects, "Deployment", "fraudstream-scorer"))
+    assert container_env(objects, {}, c)["BENTOML_DO_NOT_TRACK"] == "True"
+
+
+@pytest.mark.parametrize("component", ["bridge", "writer"])
+def test_consumer_liveness_follows_loop_progress(component: str) -> None:
+    """/metrics answers while the consumer loop is stuck: liveness asks /healthz, which turns
+    503 once the loop has made no progress for LIVENESS_MAX_AGE_S."""
+    objects = render()
+    (c,) = containers(named(objects, "Deployment", f"fraudstream-{component}"))
+    live, ready = c["livenessProbe"], c["readinessProbe"]
+    assert live["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert ready["httpGet"]["port"] == "metrics"
+    assert {p["name"] for p in c["ports"]} == {"metrics"}
+    max_age = float(container_env(objects, {}, c)["LIVENESS_MAX_AGE_S"])
+    # a restart only after the heartbeat is stale and several probes agreed
+    assert live["periodSeconds"] * live["failureThreshold"] >= 30
+    # longer than one scorer call or one database retry wait, the longest a healthy loop is quiet
+    config = named(objects, "ConfigMap", f"fraudstream-{component}")["data"]
+    quiet = float(config.get("SCORER_TIMEOUT_S") or config.get("DB_RETRY_MAX_S"))
+    assert max_age > 2 * quiet
+
+
 def test_hpa_scales_the_scorer_on_cpu() -> None:
     objects = render()
     hpa = named(objects, "HorizontalPodAutoscaler", "fraudstream-scorer")
@@ -334,8 +384,8 @@ def test_selectors_carry_only_stable_labels(scenario: str) -> None:
 
 SETTINGS_OF = {
     "scorer": (ScorerSettings, DatabaseSettings, LogSettings),
-    "bridge": (KafkaSettings, BridgeSettings, LogSettings),
-    "writer": (KafkaSettings, WriterSettings, DatabaseSettings, LogSettings),
+    "bridge": (KafkaSettings, BridgeSettings, HealthSettings, LogSettings),
+    "writer": (KafkaSettings, WriterSettings, HealthSettings, DatabaseSettings, LogSettings),
     "migrations": (DatabaseSettings, LogSettings),
     "topics": (KafkaSettings, LogSettings),
     "ui": (KafkaSettings, DatabaseSettings, UiSettings),
@@ -345,13 +395,32 @@ NOT_SETTINGS = {
     "PGPASSWORD": "libpq (psycopg2) takes the password from it, so it never sits in a URL",
     "BENTOML_HOME": "BentoML: its writable home on the read-only root filesystem",
     "HOME": "a writable home on the read-only root (Streamlit, library caches)",
+    "BENTOML_DO_NOT_TRACK": "BentoML: no usage analytics sent from the cluster",
 }
 REQUIRED = {
     "scorer": {"MODEL_TAG", "PORT", "WORKERS", "DATABASE_URL"},
-    "bridge": {"KAFKA_BOOTSTRAP_SERVERS", "SCORER_URL", "METRICS_PORT", "BRIDGE_GROUP_ID"},
-    "writer": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "METRICS_PORT", "WRITER_GROUP_ID"},
+    "bridge": {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "SCORER_URL",
+        "METRICS_PORT",
+        "BRIDGE_GROUP_ID",
+        "LIVENESS_MAX_AGE_S",
+    },
+    "writer": {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DATABASE_URL",
+        "METRICS_PORT",
+        "WRITER_GROUP_ID",
+        "LIVENESS_MAX_AGE_S",
+    },
     "migrations": {"DATABASE_URL", "PGPASSWORD"},
-    "topics": {"KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PARTITIONS"},
+    # the volume of a broker is finite: every topic is bounded by size as well as by time
+    "topics": {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "TOPIC_PARTITIONS",
+        "TOPIC_RETENTION_MS",
+        "TOPIC_RETENTION_BYTES",
+    },
     "ui": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGPASSWORD"},
 }
 
@@ -501,6 +570,102 @@ def test_network_policies_allow_the_pipeline_and_scraping() -> None:
     bridge = named(objects, "NetworkPolicy", "fraudstream-bridge")
     egress_ports = {port["port"] for rule in bridge["spec"]["egress"] for port in rule["ports"]}
     assert {53, 9092, 3000} <= egress_ports
+
+
+def _ingress_rules(policy: dict) -> list[dict]:
+    return policy["spec"].get("ingress") or []
+
+
+def _admits_anyone_on_http(policy: dict) -> bool:
+    return any(
+        "from" not in rule and {p["port"] for p in rule.get("ports", [])} == {"http"}
+        for rule in _ingress_rules(policy)
+    )
+
+
+@pytest.mark.parametrize("service_type", ["NodePort", "LoadBalancer"])
+def test_an_exposed_scorer_admits_traffic_from_outside_the_namespace(service_type: str) -> None:
+    """A NodePort / LoadBalancer connection arrives from a node address or from outside the
+    cluster: the scorer's own policy must admit it on http, or the Service is a dead end."""
+    sets = (f"scorer.service.type={service_type}",)
+    assert _admits_anyone_on_http(named(render(sets=sets), "NetworkPolicy", "fraudstream-scorer"))
+    narrowed = named(
+        render(sets=(*sets, "networkPolicy.scorerExternalIngress[0].ipBlock.cidr=10.1.0.0/16")),
+        "NetworkPolicy",
+        "fraudstream-scorer",
+    )
+    assert not _admits_anyone_on_http(narrowed)
+    assert {"ipBlock": {"cidr": "10.1.0.0/16"}} in [
+        peer for rule in _ingress_rules(narrowed) for peer in rule.get("from", [])
+    ]
+
+
+def test_a_cluster_ip_scorer_admits_only_named_peers() -> None:
+    policy = named(render(), "NetworkPolicy", "fraudstream-scorer")
+    assert all(rule.get("from") for rule in _ingress_rules(policy))
+
+
+def _loadtest_render() -> list[dict]:
+    # the loadtest values arrive with the loadtest component; the policies do not wait for them
+    flags = () if schema_has("loadtest", "enabled") else ("--skip-schema-validation",)
+    return render(sets=("loadtest.enabled=true",), flags=flags)
+
+
+def test_the_in_cluster_load_test_reaches_the_scorer_kafka_and_postgres() -> None:
+    objects = _loadtest_render()
+    labels = {
+        "app.kubernetes.io/name": "fraudstream",
+        "app.kubernetes.io/instance": "fraudstream",
+        "app.kubernetes.io/component": "loadtest",
+    }
+    scorer = named(objects, "NetworkPolicy", "fraudstream-scorer")
+    peers = [
+        peer
+        for rule in _ingress_rules(scorer)
+        if {p["port"] for p in rule.get("ports", [])} == {"http"}
+        for peer in rule.get("from", [])
+    ]
+    assert any("podSelector" in p and _matches(p["podSelector"], labels) for p in peers)
+    (mine,) = [
+        p for p in by_kind(objects, "NetworkPolicy") if _matches(p["spec"]["podSelector"], labels)
+    ]
+    egress = mine["spec"]["egress"]
+    ports = {port["port"] for rule in egress for port in rule["ports"]}
+    assert {53, 9092, 5432, 3000} <= ports
+    to_scorer = [r for r in egress if any(p["port"] == 3000 for p in r["ports"])]
+    scorer_pods = {**labels, "app.kubernetes.io/component": "scorer"}
+    assert all(_matches(peer["podSelector"], scorer_pods) for r in to_scorer for peer in r["to"])
+    # whatever pods the load test brings are fenced by that policy
+    for obj in objects:
+        spec = pod_spec(obj)
+        template = obj if obj["kind"] == "Pod" else obj.get("spec", {}).get("template", {})
+        pod_labels = (template.get("metadata") or {}).get("labels") or {}
+        if spec is not None and pod_labels.get("app.kubernetes.io/component") == "loadtest":
+            assert _matches(mine["spec"]["podSelector"], pod_labels), obj["metadata"]["name"]
+    # and without the load test, nothing of it
+    assert "loadtest" not in json.dumps(by_kind(render(), "NetworkPolicy"))
+
+
+def test_dns_peers_are_a_value() -> None:
+    def dns_peers(objects: list[dict]) -> list:
+        found = []
+        for policy in by_kind(objects, "NetworkPolicy"):
+            rules = [
+                r
+                for r in policy["spec"].get("egress", [])
+                if {p["port"] for p in r["ports"]} == {53}
+            ]
+            assert len(rules) == 1, policy["metadata"]["name"]
+            found.append(rules[0].get("to"))
+        return found
+
+    kube_dns = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert all(peers == kube_dns for peers in dns_peers(render()))
+    local = ("networkPolicy.dnsPeers[0].ipBlock.cidr=169.254.20.10/32",)
+    assert all(
+        peers == [{"ipBlock": {"cidr": "169.254.20.10/32"}}]
+        for peers in dns_peers(render(sets=local))
+    )
 
 
 # --------------------------------------------------------------------------- monitoring objects

@@ -156,6 +156,46 @@ def test_kafka_is_single_node_kraft_from_the_official_image() -> None:
         assert c[probe]
 
 
+def _quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)", quantity)
+    assert m, quantity
+    return int(m.group(1)) * units[m.group(2)]
+
+
+# Compression codecs kafka-python (every client here) reads without an extra package.
+CODECS_WITHOUT_EXTRA_PACKAGES = {"gzip", "uncompressed", "producer"}
+
+
+def test_kafka_volume_holds_every_topic_at_its_size_limit() -> None:
+    """Time-only retention fills a small volume at 400/s within hours and the broker stops:
+    every partition is bounded by size, and the bounds fit the volume."""
+    sts = named(infra(), "StatefulSet", "kafka")
+    (c,) = containers(sts)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    storage = _quantity_bytes(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    )
+    broker_retention = int(env["KAFKA_LOG_RETENTION_BYTES"])
+    segment = int(env["KAFKA_LOG_SEGMENT_BYTES"])
+    assert broker_retention > 0 and 0 < segment < broker_retention
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_COMPRESSION_TYPE"] in CODECS_WITHOUT_EXTRA_PACKAGES
+    # the chart's topics job creates its topics with their own retention.bytes
+    for sets in [(), skaffold_sets(skaffold_release("fraudstream"))]:
+        job = named(render(sets=sets), "Job", "fraudstream-topics")
+        topics_env = {e["name"]: e.get("value") for e in containers(job)[0]["env"]}
+        per_partition = int(topics_env["TOPIC_RETENTION_BYTES"])
+        assert per_partition > 0, "a topic without a size limit outgrows the volume"
+        topics = {topics_env[k] for k in ("TOPIC_TRANSACTIONS", "TOPIC_SCORING", "TOPIC_DLQ")}
+        partitions = len(topics) * int(topics_env["TOPIC_PARTITIONS"])
+        # retention deletes whole closed segments: a partition holds up to one segment more
+        worst = partitions * (max(per_partition, broker_retention) + segment)
+        assert worst <= 0.8 * storage, (
+            f"{worst / 2**30:.1f} GiB on a {storage / 2**30:.0f} GiB volume"
+        )
+
+
 def test_postgres_from_the_official_image_with_pg_isready() -> None:
     objects = infra()
     sts = named(objects, "StatefulSet", "postgres")
@@ -241,6 +281,19 @@ def test_monitoring_stack_selects_our_monitors_rules_and_dashboards() -> None:
         if "namespaceSelector" in p
     ]
     assert {"kubernetes.io/metadata.name": ns} in [s["matchLabels"] for s in sels]
+
+
+def test_kind_node_port_reaches_the_scorer_through_its_network_policy() -> None:
+    """The kind profile exposes the scorer as a NodePort: that traffic comes from node
+    addresses, and the scorer's NetworkPolicy must let it in on http."""
+    release = release_in(skaffold_with_profile("kind"), "fraudstream")
+    objects = render(sets=skaffold_sets(release))
+    assert named(objects, "Service", "fraudstream-scorer")["spec"]["type"] == "NodePort"
+    policy = named(objects, "NetworkPolicy", "fraudstream-scorer")
+    assert any(
+        "from" not in rule and {p["port"] for p in rule["ports"]} == {"http"}
+        for rule in policy["spec"]["ingress"]
+    )
 
 
 def test_metrics_server_for_kind_skips_kubelet_tls() -> None:

@@ -44,7 +44,7 @@ def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    env = topic_env(kafka_bootstrap, topics)
+    env = {**topic_env(kafka_bootstrap, topics), "TOPIC_RETENTION_BYTES": "123456789"}
     first = cli("topics", "create", "--partitions", "4", "--retention-ms", "3600000", env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count(": created") == 3
@@ -61,6 +61,7 @@ def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(
         )
         text = json.dumps(configs, default=str)
         assert "retention.ms" in text and "3600000" in text
+        assert "retention.bytes" in text and "123456789" in text
     finally:
         admin.close()
 

@@ -104,6 +104,7 @@ TOPIC_SCORING: {{ .Values.kafka.topics.scoring | quote }}
 TOPIC_DLQ: {{ .Values.kafka.topics.dlq | quote }}
 TOPIC_PARTITIONS: {{ .Values.kafka.topics.partitions | quote }}
 TOPIC_RETENTION_MS: {{ .Values.kafka.topics.retentionMs | int64 | quote }}
+TOPIC_RETENTION_BYTES: {{ .Values.kafka.topics.retentionBytes | int64 | quote }}
 {{- end }}
 
 {{/* Logging environment shared by every container. */}}

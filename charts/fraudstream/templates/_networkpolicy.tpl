@@ -1,15 +1,14 @@
-{{/* Egress rule list entry allowing DNS lookups (kube-dns / CoreDNS in any namespace). */}}
+{{/* Egress rule list entry allowing DNS lookups to networkPolicy.dnsPeers (default: kube-dns / CoreDNS in any namespace; empty: any address on port 53). */}}
 {{- define "fraudstream.egressDns" -}}
-- to:
-    - namespaceSelector: {}
-      podSelector:
-        matchLabels:
-          k8s-app: kube-dns
-  ports:
+- ports:
     - port: 53
       protocol: UDP
     - port: 53
       protocol: TCP
+  {{- with .Values.networkPolicy.dnsPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end }}
 
 {{/* Egress rule list entry allowing Kafka (its port, optionally only to the configured peers). */}}
@@ -42,4 +41,11 @@
   ports:
     - port: {{ .port }}
       protocol: TCP
+{{- end }}
+
+{{/* Pod selector entry (a `from`/`to` peer) of one component of this release (call with dict "root" $ "component" "bridge"). */}}
+{{- define "fraudstream.peer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "fraudstream.selectorLabels" . | nindent 6 }}
 {{- end }}
