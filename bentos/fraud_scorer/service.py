@@ -481,9 +481,15 @@ class FraudScorer:
         gc.collect()
         gc.freeze()
 
+    # PostgreSQL has answered a readiness check once (see __is_ready__)
+    _database_answered = False
+
     def __is_ready__(self) -> bool:
-        """Ready once the model is loaded (``__init__`` done) and the database answers."""
-        if not self.database_url:
+        """Ready once the model is loaded (``__init__`` done) and, with ``DATABASE_URL``,
+        PostgreSQL has answered once. A later outage does not make the pod unready: it would
+        take every replica out of the Service at the same moment. Scoring calls answer 503
+        meanwhile (the bridge retries them), and the pod stays ready for when it is back."""
+        if not self.database_url or self._database_answered:
             return True
         import psycopg2
 
@@ -496,6 +502,7 @@ class FraudScorer:
                 conn.close()
         except psycopg2.Error:
             return False
+        self._database_answered = True
         return True
 
     @bentoml.on_shutdown

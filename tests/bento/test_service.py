@@ -88,10 +88,49 @@ def test_readiness_without_a_database(scorer):
     assert scorer.__is_ready__() is True
 
 
-def test_readiness_is_false_when_the_database_does_not_answer(service_module):
+def test_readiness_is_false_until_the_database_has_answered_once(service_module):
     probe = object.__new__(service_module.FraudScorer.inner)
     probe.database_url = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
     assert probe.__is_ready__() is False
+
+
+def test_readiness_outlives_a_later_database_outage(service_module, monkeypatch):
+    """Once PostgreSQL has answered, an outage makes scoring answer 503 (the bridge retries),
+    not the pod unready: that would take every replica out of the Service at once."""
+    import psycopg2
+
+    class Answering:
+        def cursor(self):
+            return self
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def execute(self, sql):
+            pass
+
+        def close(self):
+            pass
+
+    database_up = True
+
+    def connect(*args, **kwargs):
+        if not database_up:
+            raise psycopg2.OperationalError("connection refused")
+        return Answering()
+
+    monkeypatch.setattr(psycopg2, "connect", connect)
+    probe = object.__new__(service_module.FraudScorer.inner)
+    probe.database_url = "postgresql://fraudstream@db.invalid/fraudstream"
+    database_up = False
+    assert probe.__is_ready__() is False  # at start: not ready before PostgreSQL answers
+    database_up = True
+    assert probe.__is_ready__() is True
+    database_up = False
+    assert probe.__is_ready__() is True
 
 
 # --------------------------------------------------------------------------- validation
