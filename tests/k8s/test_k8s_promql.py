@@ -184,21 +184,87 @@ def assert_exported(component: str, exported: set[str]) -> None:
     assert not unknown, f"PromQL names {component} metrics it does not export: {unknown}"
 
 
+# Series the expressions may use that fraudstream does not export, and who provides them (all of
+# them come with kube-prometheus-stack). kube_* panels need kube-state-metrics: the dashboards say
+# so in their description, so a cluster without it can skip them.
+EXTERNAL_METRICS = {
+    "up": "Prometheus itself: one per scrape target",
+    "container_cpu_usage_seconds_total": "cAdvisor, scraped from the kubelet",
+    "container_memory_working_set_bytes": "cAdvisor, scraped from the kubelet",
+    "kube_deployment_status_replicas_available": "kube-state-metrics",
+    "kube_horizontalpodautoscaler_status_desired_replicas": "kube-state-metrics",
+    "kube_horizontalpodautoscaler_spec_max_replicas": "kube-state-metrics",
+}
+
+
 @pytest.mark.unit
-def test_promql_uses_only_scorer_and_consumer_metrics() -> None:
-    """No third-party metric (kube-state-metrics, cAdvisor...): every name is checked below."""
+def test_promql_uses_only_known_metrics() -> None:
+    """Every name is either ours (checked against the real processes below) or a known
+    external series; anything else is a typo or a dependency nobody wrote down."""
     prefixes = tuple(p for ps in COMPONENT_PREFIXES.values() for p in ps)
     expressions = chart_expressions()
     assert len(expressions) >= 10
     for where, expr in expressions.items():
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
-        foreign = sorted(n for n in names if not n.startswith(prefixes))
+        foreign = sorted(
+            n for n in names if not n.startswith(prefixes) and n not in EXTERNAL_METRICS
+        )
         assert not foreign, f"{where}: {foreign}"
+
+
+@pytest.mark.unit
+def test_kube_state_metrics_panels_say_so() -> None:
+    for path in sorted((CHART / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            exprs = " ".join(t["expr"] for t in panel["targets"])
+            if re.search(r"\bkube_\w+", exprs):
+                assert "kube-state-metrics" in panel["description"], (path.name, panel["title"])
+
+
+@pytest.mark.unit
+def test_external_series_are_selected_by_names_the_chart_uses() -> None:
+    """cAdvisor series are picked by container name, kube-state-metrics ones by object name:
+    both must be the names the chart gives its objects."""
+    objects = render()
+    (scorer,) = [
+        o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith("-scorer")
+    ]
+    containers = {c["name"] for c in scorer["spec"]["template"]["spec"]["containers"]}
+    hpas = {o["metadata"]["name"] for o in by_kind(objects, "HorizontalPodAutoscaler")}
+    for where, expr in chart_expressions().items():
+        for name in re.findall(r'container="([^"]+)"', expr):
+            assert name in containers, where
+        for kind, pattern in re.findall(r'(deployment|horizontalpodautoscaler)=~"([^"]+)"', expr):
+            names = {scorer["metadata"]["name"]} if kind == "deployment" else hpas
+            assert any(re.fullmatch(pattern, n) for n in names), where
+
+
+# Labels the Prometheus Operator sets on every target of a ServiceMonitor. A scraped series with
+# one of them keeps its own value only with honorLabels; otherwise it becomes exported_<label>.
+OPERATOR_TARGET_LABELS = {"namespace", "service", "pod", "container", "endpoint", "job", "instance"}
+
+
+def assert_labels_survive_the_scrape(component: str, text: str) -> None:
+    labels = {
+        name
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        for name in s.labels
+    }
+    clashes = labels & OPERATOR_TARGET_LABELS
+    monitor = [
+        o for o in by_kind(render(), "ServiceMonitor") if o["metadata"]["name"].endswith(component)
+    ]
+    assert monitor, component
+    if clashes:
+        for ep in monitor[0]["spec"]["endpoints"]:
+            assert ep.get("honorLabels") is True, f"{component} exports {sorted(clashes)}"
 
 
 def test_consumer_metrics_in_promql_are_exported(consumer_metrics: str) -> None:
     assert_exported("consumers", exported_names(consumer_metrics))
+    assert_labels_survive_the_scrape("consumers", consumer_metrics)
 
 
 def test_scorer_metrics_in_promql_are_exported(
@@ -223,4 +289,6 @@ def test_scorer_metrics_in_promql_are_exported(
     resp = httpx.post(f"{scorer_url}/score_batch", json={"transactions": body}, timeout=60)
     assert resp.status_code == 200, resp.text
     assert any(r["fraud_flag"] for r in resp.json()), "no labelled fraud was flagged"
-    assert_exported("scorer", exported_names(httpx.get(f"{scorer_url}/metrics", timeout=10).text))
+    page = httpx.get(f"{scorer_url}/metrics", timeout=10).text
+    assert_exported("scorer", exported_names(page))
+    assert_labels_survive_the_scrape("scorer", page)
