@@ -66,6 +66,8 @@ from locust import FastHttpUser, User, constant_throughput, events, task
 from locust.runners import WorkerRunner
 
 log = logging.getLogger("loadtest")
+# kafka-python logs every connection at INFO; its warnings and errors are what matter here
+logging.getLogger("kafka").setLevel(logging.WARNING)
 
 # the JSON of a transaction starts with its id (``transaction_message`` dumps the model's fields
 # in order): a payload is stored as what follows the id, and each send puts a fresh id in front
