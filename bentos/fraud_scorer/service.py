@@ -32,7 +32,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
+from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction, error_message
 from fraudstream.scoring import ScoreResult
 from fraudstream.settings import DatabaseSettings, LogSettings, ScorerSettings
 
@@ -154,10 +154,12 @@ def rejection_from(error: ValidationError, batch: bool) -> Rejection:
     Built only from pydantic's location, type and message, never from the input value, so a
     rejection can be returned and logged without leaking personal fields.
     """
-    details = error.errors(include_url=False, include_context=False, include_input=False)
-    listed = tuple({"field": _field_name(d["loc"]), "message": d["msg"]} for d in details[:20])
+    details = error.errors(include_url=False, include_input=False)  # context: bounds, no input
+    listed = tuple(
+        {"field": _field_name(d["loc"]), "message": error_message(d)} for d in details[:20]
+    )
     first = details[0]
-    field, kind, msg = _field_name(first["loc"]), first["type"], first["msg"]
+    field, kind, msg = _field_name(first["loc"]), first["type"], error_message(first)
     status = 400
     if kind == "json_invalid":
         reason, field = "invalid_json", "body"

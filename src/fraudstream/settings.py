@@ -99,6 +99,9 @@ class BridgeSettings(_Base):
     bridge_commit_interval_ms: int = 1000
     dlq_max_ratio: float = 0.5  # stop when more than this share of a window goes to the DLQ
     dlq_window: int = 200  # messages in the window the ratio is measured over
+    # a non-transient scorer error (e.g. 500) for the same batch this many times in a row: find
+    # the record(s) it fails on (bisection) and send them to the DLQ as scorer_error
+    scorer_max_attempts: int = 5
     metrics_port: int = 9101
 
 
@@ -111,7 +114,18 @@ class WriterSettings(_Base):
     writer_batch_max_wait_ms: int = 50
     writer_commit_interval_ms: int = 1000
     db_retry_max_s: float = 10.0  # reconnect/retry backoff cap while PostgreSQL is away
+    # an unexpected database error (not a lost connection, not a refused row) for the same
+    # batch this many times in a row: bisect it and send the rows it fails on to the DLQ
+    db_max_attempts: int = 5
     metrics_port: int = 9102
+
+
+class SchemaSettings(_Base):
+    """The data contract (:class:`fraudstream.schema.Transaction`), wherever it is checked."""
+
+    # an event time later than now + this is refused (transaction times are local, so the
+    # default day also covers every time zone)
+    max_event_time_skew_s: float = 86400.0
 
 
 class HealthSettings(_Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -147,6 +148,24 @@ BAD_SCORE_BODIES = [
         "invalid_value",
         id="bad-category",
     ),
+    # accepted by the schema once, then crashed what comes after the scorer
+    pytest.param(json.dumps(_tx(merch="fraud_\x00Kirlin")), "merch", "invalid_value", id="nul"),
+    pytest.param(
+        json.dumps(_tx(street=SECRET + "\x1b[2J")), "street", "invalid_value", id="escape-char"
+    ),
+    pytest.param(
+        json.dumps(_tx(population_city=10**400)),
+        "population_city",
+        "invalid_value",
+        id="huge-integer",
+    ),
+    pytest.param(
+        json.dumps(_tx(transaction_time=f"{date.today().year + 1}-06-01 00:00:00")),
+        "transaction_time",
+        "invalid_value",
+        id="next-year",
+    ),
+    pytest.param(json.dumps(_tx(jobs="x" * 201)), "jobs", "invalid_value", id="too-long"),
 ]
 
 
