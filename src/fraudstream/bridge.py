@@ -4,15 +4,29 @@ One consumer group on ``transactions``. For each batch (``BRIDGE_BATCH_SIZE`` re
 ``BRIDGE_BATCH_MAX_WAIT_MS`` after the first) the step:
 
 1. parses and validates every record with :class:`fraudstream.schema.Transaction`; records that
-   can never succeed (not JSON, failing validation, or rejected one by one by the scorer with a
-   4xx) go to the DLQ with their original bytes, the reason and the source offset;
-2. scores the rest in one HTTP call (pooled connections, timeouts); while the scorer is down or
-   answers 5xx it waits with exponential backoff and tries again, for as long as it takes;
+   can never succeed (not JSON, failing validation) go to the DLQ (:mod:`fraudstream.dlq`) with
+   their original bytes, the reason and the source offset;
+2. scores the rest in one HTTP call (pooled connections, timeouts). The scorer's answer decides:
+
+   - refused, timed out, 408/429/502/503/504: it is busy or away; wait with exponential backoff
+     and try again, for as long as it takes;
+   - 4xx with the scorer's own ``reason`` (``{error, field, reason}``): a record is bad; halve
+     the batch until it is found, it goes to the DLQ as ``scorer_rejected``;
+   - any other error (e.g. 500) ``SCORER_MAX_ATTEMPTS`` times in a row for the same batch: a
+     record may make the scorer fail; halve the batch until it is found, it goes to the DLQ as
+     ``scorer_error``;
+   - 401/403/404/405/415, a redirect, a 4xx without ``reason``, a malformed answer: this is not
+     our scorer or not its API (a broken deployment); stop with exit code 4, nothing skipped.
+
+   A record is blamed only when the scorer still scores a known-good transaction (the last one
+   it accepted, re-scored: idempotent on its id); if it fails that too, the scorer is broken and
+   the bridge waits; if it rejects it too, the deployment is, and the bridge stops (exit 4);
 3. produces one result per transaction to ``scoring`` (key = transaction_id) and waits until
    every record is acknowledged (acks=all, idempotent producer).
 
-Only then are the batch's offsets marked done; :mod:`fraudstream.kafka_runner` commits them.
-A crash between 3 and the commit re-scores the batch: the scorer is idempotent on
+Poison of both kinds counts once per record in the DLQ ratio guard, judged before anything is
+sent. Only then are the batch's offsets marked done; :mod:`fraudstream.kafka_runner` commits
+them. A crash between 3 and the commit re-scores the batch: the scorer is idempotent on
 ``transaction_id`` and the writer's insert ignores ids it already has, so nothing is doubled.
 """
 
@@ -29,13 +43,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fraudstream.kafka_runner import ShutdownRequestedError, backoff_delays
+from fraudstream import health
+from fraudstream.kafka_runner import ConsumerHaltError, ShutdownRequestedError, backoff_delays
 
 log = logging.getLogger(__name__)
 
 # Namespace for ids derived from (topic, partition, offset) when a record carries none: the same
 # record always gets the same id, so a re-read does not create a second row.
 _ID_NAMESPACE = uuid.UUID("6f1c4e2a-9b7d-4c53-8e1f-2a7b9c0d4e51")
+# The scorer is busy, restarting or behind a proxy that is: try again later, forever.
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 502, 503, 504})
+# Not the scorer, not allowed, or not its API: no record can change that.
+DEPLOYMENT_STATUSES = frozenset({401, 403, 404, 405, 407, 415})
+# Scored when nothing else has been yet, to tell "the scorer is broken" from "a record breaks it".
+CANARY_ID = "fraudstream-bridge-canary"
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -43,16 +64,35 @@ def iso_utc(epoch_s: float) -> str:
 
 
 class ScorerRejectedError(Exception):
-    """The scorer answered 4xx: the input itself is bad and retrying it cannot help."""
+    """The scorer refused the input with a 4xx carrying its own ``reason``: a record is bad and
+    retrying it cannot help."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"scorer answered {status}: {detail}")
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(f"scorer answered {status} ({reason}) for {field}")
         self.status = status
-        self.detail = detail
+        self.field = field
+        self.reason = reason
+
+
+class ScorerFailedError(Exception):
+    """The scorer failed on the same input (a non-transient error such as 500) every time."""
+
+    def __init__(self, status: int, attempts: int) -> None:
+        super().__init__(f"scorer answered {status} {attempts} time(s) in a row")
+        self.status = status
+        self.attempts = attempts
+
+
+class ScorerDeploymentError(ConsumerHaltError):
+    """The scorer refuses every call for reasons no record can fix (wrong URL, credentials, API):
+    stop (exit code 4) without committing or dead-lettering anything."""
+
+    exit_code = 4
+    error_type = "scorer_misconfigured"
 
 
 class ScorerClient:
-    """``POST /score_batch`` with pooled connections, timeouts and unlimited patient retries."""
+    """``POST /score_batch`` with pooled connections, timeouts and patient retries."""
 
     def __init__(
         self,
@@ -81,44 +121,50 @@ class ScorerClient:
     def close(self) -> None:
         self.client.close()
 
-    def score_batch(self, bodies: list[bytes]) -> list[dict]:
-        """Scores for the transaction JSON documents ``bodies``; retries until it gets them.
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds``; :class:`ShutdownRequestedError` when shutdown is requested."""
+        health.beat()  # waiting for the scorer on purpose is progress (/healthz)
+        if self.stop.wait(seconds):
+            raise ShutdownRequestedError("shutdown while waiting for the scorer")
 
-        Raises :class:`ScorerRejectedError` on a 4xx (other than 408/429) and
-        :class:`ShutdownRequestedError` when shutdown is requested while waiting.
+    def score_batch(self, bodies: list[bytes], max_attempts: int | None = None) -> list[dict]:
+        """Scores for the transaction JSON documents ``bodies``, in order.
+
+        Transient failures are retried for as long as it takes. Raises
+        :class:`ScorerRejectedError` on a record-level 4xx, :class:`ScorerFailedError` after
+        ``max_attempts`` other errors in a row (None: never), :class:`ScorerDeploymentError`
+        when the answer shows a broken deployment, and :class:`ShutdownRequestedError` when
+        shutdown is requested while waiting.
         """
         payload = b'{"transactions":[' + b",".join(bodies) + b"]}"
         delays = backoff_delays(0.1, self.backoff_max_s)
-        attempt = 0
+        attempt = failures = 0
         while True:
             attempt += 1
             started = time.perf_counter()
+            status = 0
             try:
                 response = self.client.post("/score_batch", content=payload)
             except self._httpx.TransportError as err:  # refused, reset, timeout
-                problem = f"{type(err).__name__}: {err}"
-                kind = "scorer_unreachable"
+                problem, kind = type(err).__name__, "scorer_unreachable"
             else:
                 if self.metrics:
                     self.metrics.http_latency.observe(time.perf_counter() - started)
                 status = response.status_code
                 if status == 200:
-                    results = response.json()
-                    if not isinstance(results, list) or len(results) != len(bodies):
-                        raise RuntimeError(
-                            f"scorer returned {type(results).__name__} of "
-                            f"{len(results) if isinstance(results, list) else '?'} "
-                            f"results for {len(bodies)} transactions"
-                        )
                     if attempt > 1:
                         log.info("scorer answered again after %d attempts", attempt)
-                    return results
-                if 400 <= status < 500 and status not in (408, 429):
-                    raise ScorerRejectedError(status, response.text[:1000])
-                problem = f"HTTP {status}: {response.text[:200]}"
-                kind = f"scorer_http_{status}"
+                    return _results(response, len(bodies))
+                problem, kind = f"HTTP {status}", f"scorer_http_{status}"
             if self.metrics:
                 self.metrics.errors.labels(kind).inc()
+            if status and status not in TRANSIENT_STATUSES:
+                if status < 500:
+                    raise _refusal(response)
+                failures += 1
+                if max_attempts is not None and failures >= max_attempts:
+                    raise ScorerFailedError(status, failures)
+            if self.metrics:
                 self.metrics.retries.inc()
             delay = next(delays)
             if attempt == 1 or attempt % 10 == 0:
@@ -132,6 +178,39 @@ class ScorerClient:
                 raise ShutdownRequestedError("shutdown while waiting for the scorer")
 
 
+def _refusal(response: Any) -> Exception:
+    """What a non-2xx, non-5xx answer means: a record-level rejection only when it is a 4xx
+    with the scorer's own ``reason`` (its body is never copied: it could echo input)."""
+    status = response.status_code
+    if 400 <= status < 500 and status not in DEPLOYMENT_STATUSES:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("reason"), str) and body["reason"]:
+            field = body.get("field")
+            return ScorerRejectedError(
+                status, field if isinstance(field, str) else "?", body["reason"][:100]
+            )
+    return ScorerDeploymentError(
+        f"the scorer answered {status} to POST /score_batch, which no record can cause "
+        "(wrong SCORER_URL, credentials, proxy or API version?)"
+    )
+
+
+def _results(response: Any, expected: int) -> list[dict]:
+    try:
+        results = response.json()
+    except ValueError:
+        results = None
+    if not isinstance(results, list) or len(results) != expected:
+        got = f"{len(results)} results" if isinstance(results, list) else "no JSON array"
+        raise ScorerDeploymentError(
+            f"the scorer answered 200 with {got} for {expected} transactions (not its API?)"
+        )
+    return results
+
+
 @dataclass
 class BridgeMetrics:
     errors: Any
@@ -141,10 +220,15 @@ class BridgeMetrics:
 
 @dataclass
 class _Valid:
+    index: int  # position in the batch
     record: Any
     body: bytes
     tx: Any  # Transaction
     transaction_id: str
+
+
+Scored = list[tuple[_Valid, dict]]  # (item, the scorer's result)
+Failed = list[tuple[_Valid, str, str]]  # (item, error_type, error) for the DLQ
 
 
 class BridgeStep:
@@ -155,10 +239,11 @@ class BridgeStep:
         scorer: ScorerClient,
         producer: Any,
         scoring_topic: str,
-        dead_letters: Any,  # kafka_runner.DeadLetters
+        dead_letters: Any,  # dlq.DeadLetters
         metrics: Any = None,  # kafka_runner.ConsumerMetrics
+        max_attempts: int = 5,
     ) -> None:
-        from fraudstream.schema import TIME_FORMAT, Transaction
+        from fraudstream.schema import EXAMPLE_TRANSACTION, TIME_FORMAT, Transaction
 
         self.Transaction = Transaction
         self.time_format = TIME_FORMAT
@@ -167,10 +252,17 @@ class BridgeStep:
         self.scoring_topic = scoring_topic
         self.dlq = dead_letters
         self.metrics = metrics
+        self.max_attempts = max(1, max_attempts)
+        # a transaction the scorer is known to accept: the last one it did (re-scoring it
+        # changes nothing, the scorer is idempotent on its id), the schema's example until then
+        self.canary = json.dumps({**EXAMPLE_TRANSACTION, "transaction_id": CANARY_ID}).encode()
 
-    def parse(self, record: Any) -> _Valid | tuple[str, str]:
+    def parse(self, index: int, record: Any) -> _Valid | tuple[str, str]:
         """A valid transaction, or (error_type, error) for a poison record."""
         from pydantic import ValidationError
+
+        from fraudstream.dlq import origin_of
+        from fraudstream.schema import error_message
 
         value = record.value
         if value is None:
@@ -181,36 +273,40 @@ class BridgeStep:
             errors = err.errors(include_url=False, include_input=False)
             if errors and errors[0].get("type") == "json_invalid":
                 return ("not_json", f"not JSON: {errors[0].get('msg')}")
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+            detail = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in errors[:5]
+            )
             return ("invalid", detail)
         body = value
         if not tx.transaction_id:
-            tx_id = str(
-                uuid.uuid5(_ID_NAMESPACE, f"{record.topic}:{record.partition}:{record.offset}")
-            )
+            # from where the record was first read, so a replay from the DLQ gets the same id
+            topic, partition, offset = origin_of(record)
+            tx_id = str(uuid.uuid5(_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
             tx.transaction_id = tx_id
             doc = json.loads(value)
             doc["transaction_id"] = tx_id
             body = json.dumps(doc).encode()
-        return _Valid(record, body, tx, tx.transaction_id)
+        return _Valid(index, record, body, tx, tx.transaction_id)
 
     def __call__(self, records: list[Any]) -> None:
         valid: list[_Valid] = []
-        poison: list[tuple[Any, str, str]] = []
-        for record in records:
-            parsed = self.parse(record)
+        poison: dict[int, tuple[str, str]] = {}  # batch position -> (error_type, error)
+        for index, record in enumerate(records):
+            parsed = self.parse(index, record)
             if isinstance(parsed, _Valid):
                 valid.append(parsed)
             else:
-                poison.append((record, *parsed))
-        # Guard before any side effect: a batch that trips it stays uncommitted.
-        self.dlq.check(len(records), len(poison))
+                poison[index] = parsed
+        # A batch of garbage stops here, before the scorer sees it.
+        self.dlq.check([i in poison for i in range(len(records))], record=False)
 
-        results, rejected = self._score(valid)
-        if rejected:
-            self.dlq.check(0, len(rejected))
-        futures = [self.dlq.send(r, kind, err) for r, kind, err in poison]
-        futures += [self.dlq.send(v.record, "scorer_rejected", err) for v, err in rejected]
+        results, failed = self._score(valid)
+        for item, error_type, error in failed:
+            poison[item.index] = (error_type, error)
+        # The guard, each record counted once, before any side effect: a batch that trips it
+        # stays uncommitted.
+        self.dlq.check([i in poison for i in range(len(records))])
+        futures = [self.dlq.send(records[i], *poison[i]) for i in sorted(poison)]
 
         scored_at = iso_utc(time.time())
         # Keys are unique ids, so any stable hash spreads them; crc32 is C, murmur2 here is not.
@@ -251,32 +347,81 @@ class BridgeStep:
             separators=(",", ":"),
         ).encode()
 
-    def _score(self, items: list[_Valid]) -> tuple[list[tuple[_Valid, dict]], list[tuple]]:
-        """(item, result) pairs, and (item, reason) for items the scorer rejects one by one.
+    def _score(self, items: list[_Valid]) -> tuple[Scored, Failed]:
+        """Score ``items`` with the full retry budget; find the records to blame if it fails.
 
-        A 4xx for a batch is narrowed down by halving until the rejected items are found, so
-        one bad record never takes its batch-mates to the DLQ.
+        The scorer is first asked to score a known-good transaction (:meth:`_canary`): if it
+        fails that too, it is broken, not the records, and the batch waits and is tried again;
+        if it rejects that too, the deployment is broken (:class:`ScorerDeploymentError`).
         """
         if not items:
             return [], []
-        try:
-            results = self.scorer.score_batch([i.body for i in items])
-        except ScorerRejectedError as err:
-            if len(items) == 1:
-                return [], [(items[0], f"scorer {err.status}: {err.detail}")]
-            mid = len(items) // 2
-            left_ok, left_bad = self._score(items[:mid])
-            right_ok, right_bad = self._score(items[mid:])
-            return left_ok + right_ok, left_bad + right_bad
-        by_id = {r.get("transaction_id"): r for r in results}
-        if len(by_id) == len(items) or all(i.transaction_id in by_id for i in items):
+        while True:
             try:
-                return [(i, by_id[i.transaction_id]) for i in items], []
-            except KeyError:
-                pass
+                return self._call(items, self.max_attempts), []
+            except ScorerRejectedError as err:
+                error_type, error = "scorer_rejected", str(err)
+            except ScorerFailedError as err:
+                error_type, error = "scorer_error", str(err)
+            canary = self._canary()
+            if canary == "rejected":
+                raise ScorerDeploymentError(
+                    "the scorer also rejects a transaction it accepted before (or the schema's "
+                    "example): its schema or API does not match this bridge"
+                )
+            if canary == "ok":
+                break
+            log.warning(
+                "the scorer fails a known-good transaction too (%s): it is broken, not the "
+                "records; waiting %.0fs",
+                error,
+                self.scorer.backoff_max_s,
+            )
+            self.scorer.pause(self.scorer.backoff_max_s)
+        if len(items) == 1:
+            return [], [(items[0], error_type, error)]
+        return self._bisect(items)
+
+    def _bisect(self, items: list[_Valid]) -> tuple[Scored, Failed]:
+        """Halve a batch the scorer refused until the records it refuses are found: halves get
+        one attempt each (a failure only means "halve again"), single records the full budget
+        and the known-good check of :meth:`_score`."""
+        mid = len(items) // 2
+        scored: Scored = []
+        failed: Failed = []
+        for half in (items[:mid], items[mid:]):
+            if len(half) == 1:
+                ok, bad = self._score(half)
+            else:
+                try:
+                    ok, bad = self._call(half, 1), []
+                except (ScorerRejectedError, ScorerFailedError):
+                    ok, bad = self._bisect(half)
+            scored += ok
+            failed += bad
+        return scored, failed
+
+    def _canary(self) -> str:
+        """How the scorer answers a transaction it accepted before: "ok", "rejected" or
+        "failed" (transient failures are waited out; a broken deployment raises)."""
+        try:
+            self.scorer.score_batch([self.canary], max_attempts=1)
+        except ScorerRejectedError:
+            return "rejected"
+        except ScorerFailedError:
+            return "failed"
+        return "ok"
+
+    def _call(self, items: list[_Valid], max_attempts: int) -> Scored:
+        """One ``score_batch`` call; (item, result) pairs in input order."""
+        results = self.scorer.score_batch([i.body for i in items], max_attempts=max_attempts)
+        self.canary = items[0].body
+        by_id = {r.get("transaction_id"): r for r in results}
+        if all(i.transaction_id in by_id for i in items):
+            return [(i, by_id[i.transaction_id]) for i in items]
         # Ids don't match (a scorer that rewrites ids): fall back to input order.
         log.warning("scorer results do not carry the input ids; using input order")
-        return list(zip(items, results, strict=True)), []
+        return list(zip(items, results, strict=True))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -285,10 +430,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fraudstream.dlq import DeadLetters
     from fraudstream.kafka_runner import (
         BatchRunner,
         ConsumerMetrics,
-        DeadLetters,
         install_signal_handlers,
         make_consumer,
         make_producer,
@@ -335,7 +480,14 @@ def run(args: argparse.Namespace) -> int:
     dead_letters = DeadLetters(
         producer, kafka.topic_dlq, settings.dlq_max_ratio, settings.dlq_window, metrics
     )
-    step = BridgeStep(scorer, producer, kafka.topic_scoring, dead_letters, metrics)
+    step = BridgeStep(
+        scorer,
+        producer,
+        kafka.topic_scoring,
+        dead_letters,
+        metrics,
+        max_attempts=settings.scorer_max_attempts,
+    )
     consumer = make_consumer(
         kafka.kafka_bootstrap_servers,
         settings.bridge_group_id,

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "replay": ("fraudstream.replay", "stream", "produce a CSV's transactions to Kafka"),
     "bridge": ("fraudstream.bridge", "stream", "consume transactions, score them, publish scores"),
     "writer": ("fraudstream.writer", "stream", "consume scores and store them in PostgreSQL"),
+    "dlq": ("fraudstream.dlq", "stream", "list or replay the dead-letter topic"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The shared consumer loop: poll, batch, run a step, commit last; plus DLQ and metrics helpers.
+"""The shared consumer loop: poll, batch, run a step, commit last; plus metrics and clients.
 
 The runner owns everything Kafka-specific about consuming (polling, batching by size and wait,
 rebalances, throttled offset commits, lag, shutdown); the business step (score a batch, write a
@@ -11,7 +11,8 @@ SIGTERM / SIGINT set a flag: the loop finishes the batch in hand, commits and cl
 that is waiting (e.g. for a scorer that is down) raises :class:`ShutdownRequestedError` when
 the flag is set; that batch is then not committed and is processed again by the next owner.
 Any other exception stops the runner (the process exits non-zero and is restarted) instead of
-skipping data.
+skipping data; a :class:`ConsumerHaltError` chooses its exit code. Dead letters (poison records
+and the guard against draining a topic into them) are :mod:`fraudstream.dlq`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +36,13 @@ class ShutdownRequestedError(Exception):
     """A step gave up waiting because shutdown was requested; its batch is not committed."""
 
 
-class DlqRatioExceededError(RuntimeError):
-    """Most recent traffic is poison: stop instead of draining the topic into the DLQ."""
+class ConsumerHaltError(RuntimeError):
+    """The step met something no retry and no DLQ can fix (a broken deployment, a topic that is
+    mostly poison): the runner stops with the batch uncommitted and the process exits with
+    ``exit_code``, counted in ``errors_total{type=error_type}``."""
+
+    exit_code = 1
+    error_type = "halt"
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -202,66 +207,6 @@ def wait_delivered(producer: Any, futures: Sequence[Any]) -> None:
     for future in futures:
         if future.exception is not None:
             raise RuntimeError(f"record not delivered: {future.exception!r}")
-
-
-# --------------------------------------------------------------------------- DLQ
-
-
-class DeadLetters:
-    """Poison records to the DLQ topic: original key and bytes, reason in headers.
-
-    Headers: ``error`` (the reason), ``error_type``, ``source_topic``, ``source_partition``,
-    ``source_offset``. A sliding window of the last ``window`` records guards the ratio: when
-    more than ``max_ratio`` of it is poison, :class:`DlqRatioExceededError` is raised before the
-    batch's DLQ records are sent, so the batch stays uncommitted.
-    """
-
-    def __init__(
-        self,
-        producer: Any,
-        topic: str,
-        max_ratio: float,
-        window: int,
-        metrics: ConsumerMetrics | None = None,
-    ) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.max_ratio = max_ratio
-        self.window: deque[bool] = deque(maxlen=max(window, 1))
-        self.min_seen = min(max(window, 1), 50)
-        self.metrics = metrics
-
-    def check(self, total: int, poison: int) -> None:
-        """Account a batch of ``total`` records of which ``poison`` go to the DLQ."""
-        self.window.extend([True] * poison + [False] * (total - poison))
-        if poison and len(self.window) >= self.min_seen:
-            ratio = sum(self.window) / len(self.window)
-            if ratio > self.max_ratio:
-                raise DlqRatioExceededError(
-                    f"{ratio:.0%} of the last {len(self.window)} records are poison "
-                    f"(limit {self.max_ratio:.0%}): stopping instead of draining into the DLQ"
-                )
-
-    def send(self, record: Any, error_type: str, error: str) -> Any:
-        headers = [
-            ("error", error[:2000].encode()),
-            ("error_type", error_type.encode()),
-            ("source_topic", record.topic.encode()),
-            ("source_partition", str(record.partition).encode()),
-            ("source_offset", str(record.offset).encode()),
-        ]
-        if self.metrics is not None:
-            self.metrics.dlq.labels(error_type).inc()
-        log.warning(
-            "poison record to DLQ",
-            extra={
-                "error_type": error_type,
-                "source_topic": record.topic,
-                "source_partition": record.partition,
-                "source_offset": record.offset,
-            },
-        )
-        return self.producer.send(self.topic, key=record.key, value=record.value, headers=headers)
 
 
 # --------------------------------------------------------------------------- runner
@@ -490,15 +435,16 @@ class BatchRunner:
 
 def run_to_exit_code(runner: BatchRunner, name: str, closers: Sequence[Any]) -> int:
     """Run a consumer process's loop; its exit code: 0 after a clean stop (SIGTERM/SIGINT),
-    3 when the DLQ ratio guard stopped it, 1 on any other error (Kubernetes restarts it; no
-    record is skipped). ``closers`` are closed whatever happens."""
+    a :class:`ConsumerHaltError`'s own (3: the DLQ ratio guard, 4: the scorer refuses every
+    call), 1 on any other error (Kubernetes restarts it; no record is skipped). ``closers`` are
+    closed whatever happens."""
     try:
         runner.run()
-    except DlqRatioExceededError as err:
+    except ConsumerHaltError as err:
         if runner.metrics is not None:
-            runner.metrics.errors.labels("dlq_ratio").inc()
-        log.error("%s", err)
-        return 3
+            runner.metrics.errors.labels(err.error_type).inc()
+        log.error("%s stopped: %s", name, err, extra={"exit_code": err.exit_code})
+        return err.exit_code
     except Exception:
         log.exception("%s stopped by an unexpected error", name)
         return 1

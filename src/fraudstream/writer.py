@@ -7,9 +7,13 @@ committed; only then are the offsets marked done (and committed by
 nothing the second time. While PostgreSQL is away the writer reconnects with exponential
 backoff and retries the same batch for as long as it takes.
 
-Records that can never be stored (not JSON, missing fields) go to the DLQ topic with their
-original bytes, as in the bridge. The table is created by ``fraudstream migrate``
-(``migrations/0002_scores.sql``).
+Records that can never be stored go to the DLQ topic (:mod:`fraudstream.dlq`) with their
+original bytes, as in the bridge: not JSON, missing fields or control characters (``invalid``),
+and rows PostgreSQL refuses (``write_error``: a value out of a column's range, a constraint).
+A refused batch is halved until the rows to blame are found; the others are stored. Errors
+that are no row's fault stop the writer instead (a missing table or privilege: exit 1), and
+so does the DLQ ratio guard when most rows are refused (exit 3). The table is created by
+``fraudstream migrate`` (``migrations/0002_scores.sql``).
 """
 
 from __future__ import annotations
@@ -17,15 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fraudstream.kafka_runner import ShutdownRequestedError, backoff_delays
+from fraudstream.schema import (
+    CONTROL_CHARACTERS,
+    NOT_PRINTABLE_MESSAGE,
+    PRINTABLE,
+    error_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +65,27 @@ class ScoreMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    transaction_id: str = Field(min_length=1, max_length=64)
+    transaction_id: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
     score: float = Field(ge=0, le=1)
     fraud_flag: bool
     threshold: float
-    model_version: str
-    reasons: list[dict[str, Any]] = Field(default_factory=list)
+    model_version: str = Field(max_length=200, pattern=PRINTABLE)
+    reasons: list[dict[str, Any]] = Field(default_factory=list, max_length=100)
     amount: float
-    category: str
-    merchant: str
+    category: str = Field(max_length=200, pattern=PRINTABLE)
+    merchant: str = Field(max_length=200, pattern=PRINTABLE)
     event_time: datetime
     produced_at: datetime | None = None
     scored_at: datetime
+
+    @field_validator("reasons")
+    @classmethod
+    def _storable_json(cls, reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """jsonb takes neither NaN/Infinity nor \\u0000: no control characters at all, as
+        everywhere else, and finite numbers only."""
+        for reason in reasons:
+            _check_json(reason)
+        return reasons
 
     def row(self) -> tuple:
         return (
@@ -82,6 +102,27 @@ class ScoreMessage(BaseModel):
             self.produced_at,
             self.scored_at,
         )
+
+
+def _check_json(value: Any) -> None:
+    if isinstance(value, str):
+        if CONTROL_CHARACTERS.search(value):
+            raise ValueError(NOT_PRINTABLE_MESSAGE)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must hold finite numbers only")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key)
+            _check_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item)
+
+
+class RowsRejectedError(Exception):
+    """PostgreSQL (or psycopg2) refuses the rows themselves; the same rows will fail again.
+    The message names the error class and SQLSTATE, never a value."""
 
 
 @dataclass
@@ -116,7 +157,20 @@ class WriterMetrics:
 
 
 class ScoreStore:
-    """One PostgreSQL connection that comes back by itself: ``insert`` retries until done."""
+    """One PostgreSQL connection that comes back by itself: ``insert`` retries until done.
+
+    What an error means decides what happens to the batch:
+
+    - the connection is lost, the server restarts, a timeout (``OperationalError``,
+      ``InterfaceError``): retry with backoff for as long as it takes;
+    - the rows are refused (``DataError``: a value out of a column's range;
+      ``IntegrityError``: a constraint; ``ValueError``/``TypeError`` from psycopg2, which
+      cannot send them): :class:`RowsRejectedError` at once, the same rows fail every time;
+    - no row's fault (``ProgrammingError``: a missing table, column or privilege;
+      ``NotSupportedError``): raised as it is, the writer stops;
+    - anything else (``InternalError``, ...): retried, and :class:`RowsRejectedError` once it
+      happened ``max_attempts`` times in a row.
+    """
 
     def __init__(
         self,
@@ -124,11 +178,13 @@ class ScoreStore:
         stop: threading.Event,
         retry_max_s: float = 10.0,
         metrics: WriterMetrics | None = None,
+        max_attempts: int = 5,
     ) -> None:
         self.dsn = dsn
         self.stop = stop
         self.retry_max_s = retry_max_s
         self.metrics = metrics
+        self.max_attempts = max(1, max_attempts)
         self.conn: Any = None
 
     def _connect(self) -> Any:
@@ -158,13 +214,14 @@ class ScoreStore:
     def insert(self, rows: list[tuple]) -> int:
         """Insert and commit ``rows``; return how many were new.
 
-        Raises :class:`ShutdownRequestedError` when shutdown is requested while waiting.
+        Raises :class:`RowsRejectedError` when the rows themselves are refused (see the class),
+        :class:`ShutdownRequestedError` when shutdown is requested while waiting.
         """
         import psycopg2
         from psycopg2.extras import execute_values
 
         delays = backoff_delays(0.1, self.retry_max_s)
-        attempt = 0
+        attempt = failures = 0
         while True:
             attempt += 1
             try:
@@ -196,10 +253,39 @@ class ScoreStore:
                     )
                 if self.stop.wait(delay):
                     raise ShutdownRequestedError("shutdown while waiting for PostgreSQL") from err
-            except Exception:
-                if self.conn is not None and not self.conn.closed:
-                    self.conn.rollback()
+            except (psycopg2.ProgrammingError, psycopg2.NotSupportedError):
+                self._rollback()
                 raise
+            except (psycopg2.DataError, psycopg2.IntegrityError, ValueError, TypeError) as err:
+                self._rollback()
+                raise RowsRejectedError(_describe(err)) from err
+            except psycopg2.Error as err:
+                self._rollback()
+                failures += 1
+                if self.metrics:
+                    self.metrics.errors.labels("db_error").inc()
+                if failures >= self.max_attempts:
+                    raise RowsRejectedError(f"{_describe(err)}, {failures} time(s)") from err
+                log.warning(
+                    "PostgreSQL refused the batch (%s); trying again",
+                    _describe(err),
+                    extra={"attempt": attempt},
+                )
+                if self.stop.wait(next(delays)):
+                    raise ShutdownRequestedError("shutdown while retrying PostgreSQL") from err
+            except Exception:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            self.conn.rollback()
+
+
+def _describe(err: BaseException) -> str:
+    """The error's class and SQLSTATE: PostgreSQL's messages can quote the value."""
+    code = getattr(err, "pgcode", None)
+    return f"{type(err).__name__} ({code})" if code else type(err).__name__
 
 
 class WriterStep:
@@ -220,30 +306,36 @@ class WriterStep:
     def __call__(self, records: list[Any]) -> None:
         from pydantic import ValidationError
 
-        rows: dict[str, tuple] = {}
+        rows: dict[str, tuple] = {}  # one row per id within the batch
+        positions: dict[str, list[int]] = {}  # transaction_id -> its records in the batch
         produced: list[datetime] = []
-        poison: list[tuple[Any, str, str]] = []
-        for record in records:
+        poison: dict[int, tuple[str, str]] = {}  # batch position -> (error_type, error)
+        for index, record in enumerate(records):
             try:
                 msg = ScoreMessage.model_validate_json(record.value or b"")
             except ValidationError as err:
-                first = err.errors(include_url=False, include_input=False)[0]
-                kind = "not_json" if first.get("type") == "json_invalid" else "invalid"
+                errors = err.errors(include_url=False, include_input=False)
+                kind = "not_json" if errors[0].get("type") == "json_invalid" else "invalid"
                 detail = "; ".join(
-                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                    for e in err.errors(include_url=False, include_input=False)[:5]
+                    f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in errors[:5]
                 )
-                poison.append((record, kind, detail))
+                poison[index] = (kind, detail)
                 continue
-            rows[msg.transaction_id] = msg.row()  # one row per id within the batch
+            rows[msg.transaction_id] = msg.row()
+            positions.setdefault(msg.transaction_id, []).append(index)
             if msg.produced_at is not None:
                 produced.append(msg.produced_at)
-        self.dlq.check(len(records), len(poison))
-        inserted = self.store.insert(list(rows.values())) if rows else 0
+        self.dlq.check([i in poison for i in range(len(records))], record=False)
+        inserted, refused = self._store(list(rows.values())) if rows else (0, [])
+        for row, error in refused:
+            for index in positions[row[0]]:
+                poison[index] = ("write_error", error)
+        # inserts are idempotent; the guard only has to come before the DLQ
+        self.dlq.check([i in poison for i in range(len(records))])
         if poison:
             from fraudstream.kafka_runner import wait_delivered
 
-            futures = [self.dlq.send(r, kind, err) for r, kind, err in poison]
+            futures = [self.dlq.send(records[i], *poison[i]) for i in sorted(poison)]
             wait_delivered(self.dlq.producer, futures)
         if self.metrics:
             self.metrics.messages_out.inc(inserted)
@@ -254,6 +346,18 @@ class WriterStep:
             for at in produced:
                 self.writer_metrics.e2e_latency.observe((now - at).total_seconds())
 
+    def _store(self, rows: list[tuple]) -> tuple[int, list[tuple[tuple, str]]]:
+        """Insert ``rows``; when PostgreSQL refuses them, halve until the refused rows are
+        found. Returns (rows inserted, [(refused row, error)])."""
+        try:
+            return self.store.insert(rows), []
+        except RowsRejectedError as err:
+            if len(rows) == 1:
+                return 0, [(rows[0], str(err))]
+        mid = len(rows) // 2
+        left, right = self._store(rows[:mid]), self._store(rows[mid:])
+        return left[0] + right[0], left[1] + right[1]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="default: $DATABASE_URL")
@@ -261,10 +365,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fraudstream.dlq import DeadLetters
     from fraudstream.kafka_runner import (
         BatchRunner,
         ConsumerMetrics,
-        DeadLetters,
         install_signal_handlers,
         make_consumer,
         make_producer,
@@ -295,7 +399,9 @@ def run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     install_signal_handlers(stop)
-    store = ScoreStore(dsn, stop, settings.db_retry_max_s, writer_metrics)
+    store = ScoreStore(
+        dsn, stop, settings.db_retry_max_s, writer_metrics, max_attempts=settings.db_max_attempts
+    )
     producer = make_producer(kafka.kafka_bootstrap_servers)
     guard = BridgeSettings()  # DLQ_MAX_RATIO / DLQ_WINDOW apply to both consumers
     dead_letters = DeadLetters(

@@ -219,14 +219,22 @@ def loaded_transactions(transactions_csv: Path):
 class StubScorerProcess:
     """``tests/streaming/stub_scorer.py`` as a process that can be stopped and started again."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, **env: str) -> None:
         self.port = free_port()
         self.component = Component(
             "stub-scorer",
             [sys.executable, str(HERE / "stub_scorer.py"), str(self.port)],
-            dict(os.environ),
+            {**os.environ, **env},
             log_dir,
         )
+
+    def restart(self, **env: str) -> StubScorerProcess:
+        """Stop, then start again on the same port with ``env`` as its only ``STUB_*`` settings
+        (e.g. none: the scorer is fixed)."""
+        self.stop()
+        base = {k: v for k, v in self.component.env.items() if not k.startswith("STUB_")}
+        self.component.env = {**base, **env}
+        return self.start()
 
     @property
     def url(self) -> str:
@@ -247,6 +255,21 @@ def stub_scorer(tmp_path: Path) -> Iterator[StubScorerProcess]:
     scorer = StubScorerProcess(tmp_path).start()
     yield scorer
     scorer.stop()
+
+
+@pytest.fixture
+def stub_scorer_factory(tmp_path: Path) -> Iterator[Callable[..., StubScorerProcess]]:
+    """Start stub scorers configured by ``STUB_*`` variables (see ``stub_scorer.py``)."""
+    made: list[StubScorerProcess] = []
+
+    def make(**env: str) -> StubScorerProcess:
+        scorer = StubScorerProcess(tmp_path, **env).start()
+        made.append(scorer)
+        return scorer
+
+    yield make
+    for scorer in made:
+        scorer.stop()
 
 
 @pytest.fixture

@@ -2,13 +2,23 @@
 the real BentoML service).
 
 Deterministic: score = min(amount / 2000, 0.999), flagged at 0.5. A transaction whose merchant is
-``REJECT_MERCHANT`` makes the whole call answer 422, like a scorer rejecting bad input.
-Run as a process: ``python tests/streaming/stub_scorer.py PORT``.
+``REJECT_MERCHANT`` makes the whole call answer 400 with the real scorer's error body
+(``{error, field, reason}``), like a scorer rejecting one bad record.
+
+Run as a process: ``python tests/streaming/stub_scorer.py PORT``. Environment, to play a broken
+scorer:
+
+- ``STUB_STATUS`` / ``STUB_BODY``: answer every POST with this status and raw body (a wrong URL,
+  missing credentials, a proxy in the way, ...);
+- ``STUB_ERROR_IDS`` / ``STUB_ERROR_MERCHANT``: answer 500 to any call that contains a
+  transaction with one of these ids (comma-separated) or this merchant, like a scorer bug that
+  only some records trigger.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,12 +42,16 @@ def stub_score(tx: dict) -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     calls = 0
+    status = int(os.environ.get("STUB_STATUS") or 0)
+    body = os.environ.get("STUB_BODY", '{"error": "stub"}').encode()
+    error_ids = frozenset(filter(None, os.environ.get("STUB_ERROR_IDS", "").split(",")))
+    error_merchant = os.environ.get("STUB_ERROR_MERCHANT", "")
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
     def _send(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
@@ -49,16 +63,34 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         Handler.calls += 1
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        txs = body["transactions"]
-        if any(t.get("merch") == REJECT_MERCHANT for t in txs):
-            self._send(422, {"error": "rejected merchant"})
+        raw = self.rfile.read(int(self.headers["content-length"]))
+        if self.status:
+            self._send(self.status, self.body)
+            return
+        txs = json.loads(raw)["transactions"]
+        for i, tx in enumerate(txs):
+            if tx.get("merch") == REJECT_MERCHANT:
+                field = f"transactions.{i}.merch"
+                self._send(
+                    400,
+                    {"error": f"{field}: rejected", "field": field, "reason": "invalid_value"},
+                )
+                return
+        if any(
+            tx.get("transaction_id") in self.error_ids
+            or (self.error_merchant and tx.get("merch") == self.error_merchant)
+            for tx in txs
+        ):
+            self._send(500, {"error": "internal server error"})
             return
         self._send(200, [stub_score(t) for t in txs])
 
 
-def serve(port: int = 0) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+def serve(port: int = 0, **config: object) -> ThreadingHTTPServer:
+    """The stub in a thread; ``config`` overrides the handler's attributes (``status``,
+    ``body``, ``error_ids``, ``error_merchant``), as the environment does for the process."""
+    handler = type("ConfiguredHandler", (Handler,), config) if config else Handler
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

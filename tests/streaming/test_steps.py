@@ -10,16 +10,23 @@ from typing import Any
 
 import pytest
 
-from fraudstream.bridge import BridgeStep, ScorerClient, ScorerRejectedError
-from fraudstream.kafka_runner import DeadLetters, DlqRatioExceededError, ShutdownRequestedError
+from fraudstream.bridge import (
+    BridgeStep,
+    ScorerClient,
+    ScorerDeploymentError,
+    ScorerFailedError,
+    ScorerRejectedError,
+)
+from fraudstream.dlq import DeadLetters, DlqRatioExceededError
+from fraudstream.kafka_runner import ShutdownRequestedError
 from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
-from fraudstream.writer import ScoreMessage, WriterStep
+from fraudstream.writer import RowsRejectedError, ScoreMessage, WriterStep
 
 from .stub_scorer import REJECT_MERCHANT, serve, stub_score
 
 pytestmark = pytest.mark.unit
 
-Record = namedtuple("Record", "topic partition offset key value timestamp")
+Record = namedtuple("Record", "topic partition offset key value timestamp headers", defaults=[()])
 
 
 class FakeFuture:
@@ -48,11 +55,13 @@ def tx_record(offset: int, **changes: Any) -> Record:
     return Record("transactions", 0, offset, b"card", json.dumps(doc).encode(), 1_700_000_000_000)
 
 
-def make_step(url: str, producer: FakeProducer, max_ratio: float = 0.5) -> BridgeStep:
+def make_step(
+    url: str, producer: FakeProducer, max_ratio: float = 0.5, max_attempts: int = 2
+) -> BridgeStep:
     stop = threading.Event()
     client = ScorerClient(url, timeout_s=5, backoff_max_s=0.05, stop=stop)
     dlq = DeadLetters(producer, "dlq", max_ratio=max_ratio, window=200)
-    return BridgeStep(client, producer, "scoring", dlq)
+    return BridgeStep(client, producer, "scoring", dlq, max_attempts=max_attempts)
 
 
 @pytest.fixture
@@ -60,6 +69,19 @@ def stub_url():
     server = serve(0)
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture
+def stub_factory():
+    servers = []
+
+    def make(**config: Any) -> str:
+        servers.append(serve(0, **config))
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
+
+    yield make
+    for server in servers:
+        server.shutdown()
 
 
 def test_bridge_step_scores_and_publishes_every_field(stub_url):
@@ -102,12 +124,14 @@ def test_poison_of_each_kind_goes_to_the_dlq_with_reason_and_offset(stub_url):
         tx_record(103, amount=-5),
         tx_record(104, cat_id="groceries"),
         tx_record(105, surprise="field"),
-        tx_record(106, merch=REJECT_MERCHANT),  # valid, but the scorer says 422
+        tx_record(106, merch=REJECT_MERCHANT),  # valid, but the scorer says 400 (invalid_value)
+        tx_record(107, merch="fraud_\x00Kirlin"),  # psycopg2 cannot store it
+        tx_record(108, population_city=10**400),  # the scorer cannot compute with it
     ]
     make_step(stub_url, producer)(records)
     dlq = [m for m in producer.sent if m["topic"] == "dlq"]
     by_offset = {int(m["headers"]["source_offset"]): m for m in dlq}
-    assert sorted(by_offset) == [100, 101, 102, 103, 104, 105, 106]
+    assert sorted(by_offset) == [100, 101, 102, 103, 104, 105, 106, 107, 108]
     kinds = {o: m["headers"]["error_type"].decode() for o, m in by_offset.items()}
     assert kinds == {
         100: "not_json",
@@ -117,14 +141,21 @@ def test_poison_of_each_kind_goes_to_the_dlq_with_reason_and_offset(stub_url):
         104: "invalid",
         105: "invalid",
         106: "scorer_rejected",
+        107: "invalid",
+        108: "invalid",
     }
     assert b"amount" in by_offset[103]["headers"]["error"]
     assert b"cat_id" in by_offset[104]["headers"]["error"]
-    assert b"422" in by_offset[106]["headers"]["error"]
+    assert b"400" in by_offset[106]["headers"]["error"]
+    assert b"invalid_value" in by_offset[106]["headers"]["error"]
+    assert b"merch" in by_offset[107]["headers"]["error"]
+    assert b"population_city" in by_offset[108]["headers"]["error"]
     assert by_offset[101]["value"] == b"\xff\xfe\x00"  # original bytes, untouched
     assert by_offset[100]["headers"]["source_partition"] == b"3"
     scored = [m for m in producer.sent if m["topic"] == "scoring"]
-    assert len(scored) == 20  # the 422 was narrowed down to its one record
+    assert len(scored) == 20  # the 400 was narrowed down to its one record
+    for m in dlq:  # nothing personal in the reasons
+        assert not any(v in m["headers"]["error"] for v in (b"Jane", b"Darlene", b"\x00"))
 
 
 def test_dlq_ratio_guard_stops_before_any_side_effect(stub_url):
@@ -249,9 +280,18 @@ def test_writer_step_validates_and_is_idempotent():
 
 def test_dead_letter_window_needs_enough_traffic():
     guard = DeadLetters(FakeProducer(), "dlq", max_ratio=0.5, window=200)
-    guard.check(10, 8)  # few records: no verdict yet
+    guard.check([True] * 8 + [False] * 2)  # few records: no verdict yet
     with pytest.raises(DlqRatioExceededError):
-        guard.check(100, 80)
+        guard.check([True] * 80 + [False] * 20)
+
+
+def test_dead_letter_guard_judges_a_batch_larger_than_the_window_as_a_whole():
+    guard = DeadLetters(FakeProducer(), "dlq", max_ratio=0.5, window=200)
+    # 60 % poison, all at the front: the last 200 records alone would look clean
+    with pytest.raises(DlqRatioExceededError):
+        guard.check([True] * 300 + [False] * 200)
+    guard = DeadLetters(FakeProducer(), "dlq", max_ratio=0.5, window=200)
+    guard.check([True] * 200 + [False] * 300)  # 40 %: fine
 
 
 def test_cached_partitioner_matches_kafkas_default():
@@ -278,3 +318,151 @@ def test_cached_partitioner_matches_kafkas_default():
             assert ours.partition("t", key, key, None, None, cluster) == theirs.partition(
                 "t", key, key, None, None, cluster
             )
+
+
+# --------------------------------------------------------------------------- issue 10: poison
+
+
+def test_a_scorer_rejecting_every_record_trips_the_guard_one_record_at_a_time(stub_url):
+    """Batches of one, every record refused by the scorer (400 with its reason): each rejected
+    record counts once, so the guard stops the bridge well before it drains the topic."""
+    producer = FakeProducer()
+    step = make_step(stub_url, producer, max_ratio=0.5)
+    with pytest.raises(DlqRatioExceededError):
+        for i in range(200):
+            step([tx_record(i, merch=REJECT_MERCHANT)])
+    dead = [m for m in producer.sent if m["topic"] == "dlq"]
+    assert len(dead) < 50
+
+
+REFUSALS = [
+    pytest.param(404, "Not Found", ScorerDeploymentError, id="404"),
+    pytest.param(401, '{"detail": "no"}', ScorerDeploymentError, id="401"),
+    pytest.param(403, '{"error": "x", "reason": "forbidden"}', ScorerDeploymentError, id="403"),
+    pytest.param(405, "", ScorerDeploymentError, id="405"),
+    pytest.param(
+        415,
+        '{"error": "content-type", "field": "content-type", "reason": "unsupported_media_type"}',
+        ScorerDeploymentError,
+        id="415-even-with-reason",
+    ),
+    pytest.param(400, '{"error": "bad request"}', ScorerDeploymentError, id="400-no-reason"),
+    pytest.param(400, "<html>Bad Request</html>", ScorerDeploymentError, id="400-not-json"),
+    pytest.param(302, "", ScorerDeploymentError, id="redirect"),
+    pytest.param(
+        400,
+        '{"error": "transactions.0.amount: x", "field": "transactions.0.amount", '
+        '"reason": "invalid_value"}',
+        ScorerRejectedError,
+        id="400-with-reason",
+    ),
+    pytest.param(500, '{"error": "boom"}', ScorerFailedError, id="500"),
+    pytest.param(501, "", ScorerFailedError, id="501"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "error"), REFUSALS)
+def test_scorer_client_tells_a_broken_deployment_from_a_bad_record(
+    stub_factory, status, body, error
+):
+    url = stub_factory(status=status, body=body.encode())
+    client = ScorerClient(url, 5, 0.01, threading.Event())
+    with pytest.raises(error):
+        client.score_batch([json.dumps(EXAMPLE_TRANSACTION).encode()], max_attempts=3)
+
+
+def test_a_record_the_scorer_fails_on_is_found_by_bisection(stub_factory):
+    url = stub_factory(error_ids=frozenset({"tx-37"}))
+    producer = FakeProducer()
+    make_step(url, producer, max_attempts=2)([tx_record(i) for i in range(100)])
+    dead = [m for m in producer.sent if m["topic"] == "dlq"]
+    assert [m["headers"]["source_offset"] for m in dead] == [b"37"]
+    assert dead[0]["headers"]["error_type"] == b"scorer_error"
+    assert b"500" in dead[0]["headers"]["error"]
+    scored = {
+        json.loads(m["value"])["transaction_id"] for m in producer.sent if m["topic"] == "scoring"
+    }
+    assert scored == {f"tx-{i}" for i in range(100) if i != 37}
+
+
+def test_records_the_scorer_fails_on_count_in_the_guard(stub_factory):
+    url = stub_factory(error_ids=frozenset(f"tx-{i}" for i in range(80)))
+    producer = FakeProducer()
+    with pytest.raises(DlqRatioExceededError):
+        make_step(url, producer, max_attempts=1)([tx_record(i) for i in range(100)])
+    assert producer.sent == []
+
+
+def test_a_scorer_failing_everything_is_waited_for_not_bisected(stub_factory):
+    """500 for the batch and for a transaction the scorer accepted before: no record is to
+    blame, so nothing goes to the DLQ; the step waits (here: until shutdown)."""
+    url = stub_factory(status=500)
+    producer = FakeProducer()
+    step = make_step(url, producer, max_attempts=2)
+    threading.Timer(1.0, step.scorer.stop.set).start()
+    with pytest.raises(ShutdownRequestedError):
+        step([tx_record(i) for i in range(10)])
+    assert producer.sent == []
+
+
+class RefusingStore(FakeStore):
+    """PostgreSQL that refuses any insert containing one of ``bad`` ids (as a DataError)."""
+
+    def __init__(self, bad: set[str]) -> None:
+        super().__init__()
+        self.bad = bad
+        self.calls = 0
+
+    def insert(self, rows: list[tuple]) -> int:
+        self.calls += 1
+        if any(r[0] in self.bad for r in rows):
+            raise RowsRejectedError("NumericValueOutOfRange (22003)")
+        return super().insert(rows)
+
+
+def score_record(offset: int, tx_id: str, **changes: Any) -> Record:
+    msg = {
+        "transaction_id": tx_id,
+        "score": 0.1,
+        "fraud_flag": False,
+        "threshold": 0.5,
+        "model_version": "m:1",
+        "reasons": [],
+        "amount": 12.5,
+        "category": "travel",
+        "merchant": "fraud_X",
+        "event_time": "2020-01-01 10:00:00",
+        "scored_at": "2026-01-01T00:00:00.100+00:00",
+        **changes,
+    }
+    return Record("scoring", 0, offset, tx_id.encode(), json.dumps(msg).encode(), 0)
+
+
+def test_writer_bisects_a_batch_postgresql_refuses_down_to_the_row():
+    producer = FakeProducer()
+    store = RefusingStore({"id-13", "id-77"})
+    step = WriterStep(store, DeadLetters(producer, "dlq", 0.5, 200))
+    step([score_record(i, f"id-{i}") for i in range(100)])
+    assert sorted(store.rows) == sorted(f"id-{i}" for i in range(100) if i not in (13, 77))
+    dead = {int(m["headers"]["source_offset"]): m["headers"] for m in producer.sent}
+    assert sorted(dead) == [13, 77]
+    assert all(h["error_type"] == b"write_error" for h in dead.values())
+    assert b"22003" in dead[13]["error"]
+    assert store.calls < 40  # bisection, not one insert per row
+
+
+def test_writer_sends_control_characters_to_the_dlq_instead_of_crashing():
+    producer = FakeProducer()
+    store = FakeStore()
+    step = WriterStep(store, DeadLetters(producer, "dlq", 0.5, 200))
+    step(
+        [score_record(i, f"id-{i}") for i in range(10)]
+        + [
+            score_record(10, "id-10", merchant="fraud_\x00X"),
+            score_record(11, "id-11", reasons=[{"feature": "a\x07", "value": 1, "impact": 1}]),
+            score_record(12, "id-\x1b12"),
+        ]
+    )
+    assert sorted(store.rows) == sorted(f"id-{i}" for i in range(10))
+    kinds = {m["headers"]["source_offset"]: m["headers"]["error_type"] for m in producer.sent}
+    assert kinds == {b"10": b"invalid", b"11": b"invalid", b"12": b"invalid"}
