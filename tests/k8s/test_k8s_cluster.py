@@ -296,6 +296,70 @@ def test_kind_node_port_reaches_the_scorer_through_its_network_policy() -> None:
     )
 
 
+def _scale_down_bound_s(hpa: dict) -> float:
+    """Longest the HPA takes, once load is gone, to go from maxReplicas to minReplicas: the
+    stabilisation window, then as many policy periods as the policies need."""
+    spec = hpa["spec"]
+    down = spec["behavior"]["scaleDown"]
+    extra = spec["maxReplicas"] - spec["minReplicas"]
+    per_policy = []
+    for policy in down["policies"]:
+        replicas, periods = spec["maxReplicas"], 0
+        while replicas > spec["minReplicas"]:
+            step = policy["value"]
+            if policy["type"] == "Percent":
+                step = max(1, replicas * policy["value"] // 100)
+            replicas, periods = replicas - step, periods + 1
+        per_policy.append(periods * policy["periodSeconds"])
+    # Min: the policy that allows the smallest change wins, so the slowest one bounds it
+    slowest = max(per_policy) if down.get("selectPolicy", "Max") == "Min" else min(per_policy)
+    assert extra > 0
+    return down["stabilizationWindowSeconds"] + slowest
+
+
+def test_kind_scale_down_shows_within_a_load_test_and_production_stays_calm() -> None:
+    kind = release_in(skaffold_with_profile("kind"), "fraudstream")
+    hpa = named(render(sets=skaffold_sets(kind)), "HorizontalPodAutoscaler", "fraudstream-scorer")
+    # a ~10 minute run: 5 minutes of load, then the scale-down must show within the rest
+    assert _scale_down_bound_s(hpa) <= 180
+    production = named(render(), "HorizontalPodAutoscaler", "fraudstream-scorer")
+    assert production["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert _scale_down_bound_s(production) >= 300
+
+
+def test_kind_runs_one_bridge_within_the_partitions() -> None:
+    """One bridge handles 3,000 transactions/s (README): the kind setup runs one, and never
+    more bridges than partitions of the transactions topic."""
+    kind = release_in(skaffold_with_profile("kind"), "fraudstream")
+    objects = render(sets=skaffold_sets(kind))
+    bridge = named(objects, "Deployment", "fraudstream-bridge")
+    assert bridge["spec"]["replicas"] == 1
+    assert not by_kind(objects, "ScaledObject")
+    partitions = int(named(objects, "ConfigMap", "fraudstream-bridge")["data"]["TOPIC_PARTITIONS"])
+    assert bridge["spec"]["replicas"] <= partitions
+
+
+def test_alertmanager_receives_the_alerts_and_sends_them_nowhere_by_default() -> None:
+    """Alerts need an Alertmanager to go anywhere; by default they reach the `null` receiver
+    (k8s/README.md shows how to add a webhook), and it stays small on a laptop."""
+    am = kps_values()["alertmanager"]
+    assert am["enabled"] is True
+    config = am["config"]
+    receivers = {r["name"] for r in config["receivers"]}
+    assert config["route"]["receiver"] == "null" and "null" in receivers
+
+    def route_receivers(route: dict) -> set[str]:
+        found = {route["receiver"]} if "receiver" in route else set()
+        for child in route.get("routes", []):
+            found |= route_receivers(child)
+        return found
+
+    assert route_receivers(config["route"]) <= receivers
+    resources = am["alertmanagerSpec"]["resources"]
+    assert resources["requests"]["memory"] and resources["limits"]["memory"]
+    assert "webhook_configs" in (K8S / "README.md").read_text()
+
+
 def test_metrics_server_for_kind_skips_kubelet_tls() -> None:
     assert "--kubelet-insecure-tls" in load(K8S / "metrics-server-values.yaml")["args"]
     kind = skaffold_with_profile("kind")
