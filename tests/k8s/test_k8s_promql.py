@@ -289,6 +289,9 @@ def test_scorer_metrics_in_promql_are_exported(
     resp = httpx.post(f"{scorer_url}/score_batch", json={"transactions": body}, timeout=60)
     assert resp.status_code == 200, resp.text
     assert any(r["fraud_flag"] for r in resp.json()), "no labelled fraud was flagged"
+    # and one refused request, for the rejection counter
+    resp = httpx.post(f"{scorer_url}/score", json={"amount": -1}, timeout=30)
+    assert resp.status_code == 400, resp.text
     page = httpx.get(f"{scorer_url}/metrics", timeout=10).text
     assert_exported("scorer", exported_names(page))
     assert_labels_survive_the_scrape("scorer", page)
