@@ -61,9 +61,10 @@ from typing import Any
 
 import gate  # loadtest/gate.py: Locust puts the locustfile's folder on sys.path
 import gevent
+import gevent.event
 import gevent.lock
 from locust import FastHttpUser, User, constant_throughput, events, task
-from locust.runners import WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 log = logging.getLogger("loadtest")
 # kafka-python logs every connection at INFO; its warnings and errors are what matter here
@@ -189,6 +190,11 @@ def next_transaction(environment: Any) -> tuple[str, bytes, bytes]:
     return tid, key, ID_HEAD + tid.encode() + rest
 
 
+# set on a worker when its master ends the run (see "the last figures" below): send nothing more
+_paused = gevent.event.Event()
+_http_in_flight = 0
+
+
 def _start_phase(rate: float) -> None:
     """Sleep a random part of one interval: users spawned together do not send in lockstep."""
     gevent.sleep(random.uniform(0, 1.0 / rate))
@@ -216,6 +222,16 @@ class ScorerUser(FastHttpUser):
 
     @task
     def score(self) -> None:
+        global _http_in_flight
+        if _paused.is_set():
+            return
+        _http_in_flight += 1
+        try:
+            self._score()
+        finally:
+            _http_in_flight -= 1
+
+    def _score(self) -> None:
         if self.recycle_s > 0 and time.monotonic() >= self.reconnect_at:
             self.client.client.close()  # the next request connects again through the Service
             self.reconnect_at = time.monotonic() + self.recycle_s
@@ -282,6 +298,8 @@ class KafkaUser(User):
 
     @task
     def produce(self) -> None:
+        if _paused.is_set():
+            return
         _tid, key, value = next_transaction(self.environment)
         started = time.perf_counter()
         try:
@@ -305,10 +323,77 @@ class KafkaUser(User):
 
 @events.test_stop.add_listener
 def _flush_producer(environment: Any, **_kwargs: Any) -> None:
-    """Users have stopped: wait for the acks still due, so they are in the final statistics
-    (a worker sends those right after this)."""
+    """Users have stopped: wait for the acks still due, so they are in the final statistics."""
     if _producer is not None:
         _producer.flush(timeout=SEND_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------- the last figures
+#
+# When the run ends, Locust's master sends "quit" to its workers and waits 0.5 s for their last
+# statistics report before it stops listening; a busy worker (stopping users, waiting for the
+# acks of its last sends) can miss that, and the master would judge the run on figures a few
+# seconds short, and count fewer produced transactions than were stored. So when the master
+# starts to stop, it first asks each worker to pause: the worker sends nothing more, waits for
+# its requests in flight and the producer's acks, and answers. Its next regular report (every
+# 3 s, after the answer on the same connection) then holds all its figures; the master waits
+# for that report from every worker before it lets Locust quit them.
+
+PAUSE, PAUSED = "fraudstream_pause", "fraudstream_paused"
+FINAL_REPORT_TIMEOUT_S = 15.0
+_paused_workers: set[str] = set()
+_final_reports: set[str] = set()
+
+
+def _pause(environment: Any, **_kwargs: Any) -> None:
+    """On a worker: stop sending, let what is in flight finish, tell the master."""
+    _paused.set()
+    deadline = time.monotonic() + SEND_TIMEOUT_S
+    while _http_in_flight and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    if _producer is not None:
+        _producer.flush(timeout=SEND_TIMEOUT_S)
+    environment.runner.send_message(PAUSED)
+
+
+def _worker_paused(environment: Any, msg: Any, **_kwargs: Any) -> None:
+    _paused_workers.add(msg.node_id)
+
+
+@events.worker_report.add_listener
+def _report_after_pause(client_id: str, **_kwargs: Any) -> None:
+    if client_id in _paused_workers:
+        _final_reports.add(client_id)
+
+
+@events.init.add_listener
+def _register_messages(environment: Any, **_kwargs: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.register_message(PAUSE, _pause, concurrent=True)
+    elif isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(PAUSED, _worker_paused)
+
+
+@events.test_stopping.add_listener
+def _collect_final_reports(environment: Any, **_kwargs: Any) -> None:
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        return
+    workers = {c.id for c in runner.clients.all if c.state != STATE_MISSING}
+    if not workers:
+        return
+    _paused_workers.clear()
+    _final_reports.clear()
+    runner.send_message(PAUSE)
+    deadline = time.monotonic() + FINAL_REPORT_TIMEOUT_S
+    while not workers <= _final_reports and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    if not workers <= _final_reports:
+        log.warning(
+            "%d of %d workers sent no final report: their last figures may be missing",
+            len(workers - _final_reports),
+            len(workers),
+        )
 
 
 # --------------------------------------------------------------------------- end to end
@@ -455,6 +540,7 @@ _stored: StoredScores | None = None
 @events.test_start.add_listener
 def _on_test_start(environment: Any, **_kwargs: Any) -> None:
     global _stored
+    _paused.clear()
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return
     # a new id for every run; the master hands it to its workers with the spawn messages

