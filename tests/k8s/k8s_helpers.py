@@ -53,6 +53,46 @@ def helm() -> str:
     return helm_path()
 
 
+PROMQL_RULES = Path(__file__).resolve().parent / "promql_rules"
+
+
+@cache
+def promql_rules_checker() -> str:
+    """The compiled Go test of ``promql_rules/`` (Prometheus' rule loader and PromQL engine),
+    built once per version of its sources into the download cache (a few minutes the first
+    time, like helm: the Go toolchain fetches the Prometheus modules from the module proxy)."""
+    import fcntl
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "rules_test.go"):
+        digest.update((PROMQL_RULES / name).read_bytes())
+    target = _cache_bin() / f"promql-rules-{digest.hexdigest()[:12]}"
+    if target.exists():
+        return str(target)
+    go = shutil.which("go")
+    if not go:
+        pytest.fail("Go is needed to build Prometheus' rule checker (README: Prerequisites)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".tools.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs share the cache: one builds
+        if not target.exists():
+            tmp = target.with_suffix(".building")
+            env = {**os.environ, "GOFLAGS": "", "CGO_ENABLED": "0"}
+            proc = subprocess.run(
+                [go, "test", "-c", "-o", str(tmp), "."],
+                cwd=PROMQL_RULES,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            if proc.returncode != 0:
+                raise AssertionError(f"building the PromQL rule checker failed:\n{proc.stderr}")
+            tmp.rename(target)
+    return str(target)
+
+
 def run_helm(*args: str) -> str:
     proc = subprocess.run(
         [helm_path(), *args], capture_output=True, text=True, cwd=ROOT, timeout=120
