@@ -167,14 +167,14 @@ def skaffold_release(name: str) -> dict:
 def skaffold_sets(release: dict) -> tuple[str, ...]:
     """--set arguments equivalent to a skaffold release's setValues (+ templates filled in)."""
     sets = [f"{k}={v}" for k, v in (release.get("setValues") or {}).items()]
-    fake = {
-        "IMAGE_REPO_fraud_scorer": "fraud-scorer",
-        "IMAGE_TAG_fraud_scorer": "abc123",
-        "IMAGE_DIGEST_fraud_scorer": "",
-        "IMAGE_REPO_fraudstream_consumers": "fraudstream-consumers",
-        "IMAGE_TAG_fraudstream_consumers": "def456",
-        "IMAGE_DIGEST_fraudstream_consumers": "",
-    }
+    # what skaffold fills in for each artifact (kind: a local image, so no digest)
+    fake = {}
+    for artifact in skaffold_config()["build"]["artifacts"]:
+        image = artifact["image"]
+        var = "".join(c if c.isalnum() else "_" for c in image)
+        fake[f"IMAGE_REPO_{var}"] = image
+        fake[f"IMAGE_TAG_{var}"] = f"tag-{var}"
+        fake[f"IMAGE_DIGEST_{var}"] = ""
     for key, template in (release.get("setValueTemplates") or {}).items():
         value = template
         for var, sub in fake.items():

@@ -407,7 +407,7 @@ _ARTIFACT = {
                 "buildCommand": _STR,
                 "dependencies": {
                     "type": "object",
-                    "properties": {"paths": _STRS, "ignore": _STRS},
+                    "properties": {"paths": _STRS, "ignore": _STRS, "command": _STR},
                     "additionalProperties": False,
                 },
             },
@@ -477,7 +477,8 @@ SKAFFOLD_SCHEMA = {
     "type": "object",
     "required": ["apiVersion", "kind", "build", "deploy"],
     "properties": {
-        "apiVersion": {"const": "skaffold/v4beta14"},
+        # skaffold 2.16 reads up to v4beta13
+        "apiVersion": {"const": "skaffold/v4beta13"},
         "kind": {"const": "Config"},
         "metadata": {"type": "object", "properties": {"name": _STR}, "additionalProperties": False},
         "build": _BUILD,
@@ -523,7 +524,7 @@ SKAFFOLD_SCHEMA = {
 }
 
 
-def test_skaffold_yaml_uses_only_known_v4beta14_fields() -> None:
+def test_skaffold_yaml_uses_only_known_v4beta13_fields() -> None:
     jsonschema.validate(skaffold_config(), SKAFFOLD_SCHEMA)
     for profile in ("kind", "minikube"):
         jsonschema.validate(skaffold_with_profile(profile), SKAFFOLD_SCHEMA)
