@@ -92,6 +92,7 @@ def closure(extras: tuple[str, ...]) -> set[str]:
     return set(done)
 
 
+@pytest.mark.unit
 def test_every_extra_is_pinned_by_the_lock() -> None:
     """Whatever an image installs with ``-c requirements.lock``, the lock fixes its version."""
     for extra in project()["optional-dependencies"]:
@@ -99,6 +100,7 @@ def test_every_extra_is_pinned_by_the_lock() -> None:
         assert not missing, f"[{extra}] needs packages the lock does not pin: {sorted(missing)}"
 
 
+@pytest.mark.unit
 def test_extras_match_the_deployables() -> None:
     extras = project()["optional-dependencies"]
     assert {"scorer", "stream", "ui", "loadtest", "train", "local", "dev"} <= extras.keys()
@@ -114,6 +116,7 @@ def test_extras_match_the_deployables() -> None:
     assert closure(("dev",)) == set(lock_pins())
 
 
+@pytest.mark.unit
 def test_consumers_dockerfile_installs_its_extras_from_the_lock() -> None:
     text = DOCKERFILE.read_text()
     installs = [line for line in text.splitlines() if "pip install" in line]
@@ -126,6 +129,7 @@ def test_consumers_dockerfile_installs_its_extras_from_the_lock() -> None:
     assert not closure(CONSUMERS_EXTRAS) & NOT_IN_CONSUMERS
 
 
+@pytest.mark.unit
 def test_dockerfile_is_slim_non_root_and_pinned() -> None:
     text = DOCKERFILE.read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
@@ -143,6 +147,7 @@ def test_dockerfile_is_slim_non_root_and_pinned() -> None:
         assert f"!{source.rstrip('/')}" in ignore or f"!{source.rstrip('/')}/" in ignore, source
 
 
+@pytest.mark.unit
 def test_bento_installs_the_scorer_extra_at_the_lock_pins() -> None:
     python = yaml.safe_load(BENTOFILE.read_text())["python"]
     assert python["requirements_txt"] == str(BENTO_REQUIREMENTS.relative_to(ROOT))
@@ -163,6 +168,7 @@ def test_bento_installs_the_scorer_extra_at_the_lock_pins() -> None:
     assert not set(requirements) & NOT_IN_SCORER
 
 
+@pytest.mark.unit
 def test_bento_runs_without_tracking() -> None:
     envs = {e["name"]: e["value"] for e in yaml.safe_load(BENTOFILE.read_text())["envs"]}
     assert envs["BENTOML_DO_NOT_TRACK"] == "True"
