@@ -16,6 +16,7 @@ Run from the repository root: ``bentoml serve bentos.fraud_scorer.service:FraudS
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import json
@@ -32,7 +33,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction, error_message
+from fraudstream.schema import CATEGORIES, EXAMPLE_TRANSACTION, Transaction, error_message
 from fraudstream.scoring import ScoreResult
 from fraudstream.settings import DatabaseSettings, LogSettings, ScorerSettings
 
@@ -90,10 +91,14 @@ def metrics() -> ScorerMetrics:
             buckets=SCORE_BUCKETS,
         ),
         fraud_flags=prom.Counter(
-            "fraudstream_scorer_fraud_flags", "Transactions flagged as fraud", ["endpoint"]
+            "fraudstream_scorer_fraud_flags",
+            "Transactions flagged as fraud, by merchant category",
+            ["endpoint", "category"],
         ),
         transactions=prom.Counter(
-            "fraudstream_scorer_transactions", "Transactions scored", ["endpoint"]
+            "fraudstream_scorer_transactions",
+            "Transactions scored, by merchant category",
+            ["endpoint", "category"],
         ),
         model_info=prom.Gauge(
             "fraudstream_scorer_model_info",
@@ -409,6 +414,10 @@ class FraudScorer:
         self.scorer.shap_calc_type = SETTINGS.shap_calc_type
         self.metrics = metrics()
         self.metrics.model_info.labels(version, f"{self.scorer.threshold:.6g}").set(1)
+        for endpoint in ("score", "score_batch"):  # every series exists from the start at 0
+            for category in CATEGORIES:
+                self.metrics.transactions.labels(endpoint, category)
+                self.metrics.fraud_flags.labels(endpoint, category)
         log.info(
             "model %s loaded (threshold %.6g, history %s) in %.1f s",
             version,
@@ -456,13 +465,17 @@ class FraudScorer:
             raise ServiceUnavailable("history store unavailable, retry later") from None
         m = self.metrics
         observe = m.score.labels(endpoint).observe
-        flagged = 0
-        for result in results:
+        scored: collections.Counter[str] = collections.Counter()
+        flagged: collections.Counter[str] = collections.Counter()
+        for transaction, result in zip(transactions, results, strict=False):
             observe(result.score)
-            flagged += result.fraud_flag
-        m.transactions.labels(endpoint).inc(len(results))
-        if flagged:
-            m.fraud_flags.labels(endpoint).inc(flagged)
+            scored[transaction.cat_id] += 1
+            if result.fraud_flag:
+                flagged[transaction.cat_id] += 1
+        for category, count in scored.items():
+            m.transactions.labels(endpoint, category).inc(count)
+        for category, count in flagged.items():
+            m.fraud_flags.labels(endpoint, category).inc(count)
         return results
 
     @bentoml.on_startup

@@ -35,7 +35,7 @@ KIND_CONFIG = ROOT / "k8s" / "kind-cluster.yaml"
 SCORER_NODE_PORT_URL = "http://127.0.0.1:30000"
 PROMETHEUS_NODE_PORT_URL = "http://127.0.0.1:30090"
 # alerts that scaling the writer to 0 under load must fire (the first one to fire is reported)
-WRITER_DOWN_ALERTS = ["FraudScoresNotWritten", "FraudstreamWriterDown"]
+WRITER_DOWN_ALERTS = ["FraudScoresNotWritten", "FraudWriterDown"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,11 +100,10 @@ def node_has_image(node: str, ref: str) -> bool:
 
 def build_and_load(kube: Kube, config: dict, report: Report) -> dict[str, str]:
     """Build every artifact as skaffold does, then load it into the kind nodes."""
-    tag = skaffold_plan.input_tag()
     images = {}
     nodes = run(["kind", "get", "nodes", "--name", cluster_name()]).stdout.split()
     for artifact in skaffold_plan.artifacts(config):
-        ref = f"{artifact.image}:{tag}"
+        ref = f"{artifact.image}:{artifact.tag()}"
         images[artifact.image] = ref
         with report.step(f"build {artifact.image}"):
             if run(["docker", "image", "inspect", ref], check=False).returncode != 0:

@@ -210,6 +210,7 @@ def test_oversized_bodies_and_wrong_media_types_are_refused(client):
 
 def test_metrics_expose_ours_and_bentomls(client):
     client.post("/score", json=_tx())
+    client.post("/score", json={**_tx(), "amount": -1})  # a rejection, so its counter has a sample
     text = client.get("/metrics").text
     for name in (
         "fraudstream_scorer_score_bucket",
@@ -231,6 +232,25 @@ def test_flags_are_counted(client, sample_transactions):
     results = client.post("/score_batch", json={"transactions": rows}).json()
     flagged = sum(r["fraud_flag"] for r in results)
     assert _metric(client, "fraudstream_scorer_fraud_flags_total") == before + flagged
+
+
+def test_transactions_and_flags_are_counted_by_category(client, sample_transactions):
+    from fraudstream.schema import CATEGORIES
+
+    def by_category(name: str) -> dict[str, float]:
+        return {c: _metric(client, name, endpoint="score_batch", category=c) for c in CATEGORIES}
+
+    scored, flags = (
+        by_category(f"fraudstream_scorer_{n}_total") for n in ("transactions", "fraud_flags")
+    )
+    rows = [{**r, "transaction_id": f"cat-{uuid.uuid4()}"} for r in sample_transactions[:300]]
+    results = client.post("/score_batch", json={"transactions": rows}).json()
+    after_scored = by_category("fraudstream_scorer_transactions_total")
+    after_flags = by_category("fraudstream_scorer_fraud_flags_total")
+    for category in CATEGORIES:
+        mine = [res for row, res in zip(rows, results, strict=True) if row["cat_id"] == category]
+        assert after_scored[category] == scored[category] + len(mine), category
+        assert after_flags[category] == flags[category] + sum(r["fraud_flag"] for r in mine)
 
 
 def test_openapi_documents_both_apis(client):
