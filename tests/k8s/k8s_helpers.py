@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,10 @@ KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0"]
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 RELEASE = "fraudstream"
 NAMESPACE = "fraudstream"
+
+# skaffold.yaml turned into builds and helm commands: the code `make e2e-kind` deploys with
+sys.path.insert(0, str(ROOT / "scripts"))
+from e2e_kind import skaffold_plan  # noqa: E402, F401
 
 
 def _cache_bin() -> Path:

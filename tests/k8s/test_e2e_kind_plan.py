@@ -3,14 +3,10 @@ commands the way skaffold runs them, and dashboard queries with their variables 
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from k8s_helpers import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from e2e_kind import monitoring, skaffold_plan  # noqa: E402
-from e2e_kind.report import Report  # noqa: E402
+from e2e_kind import monitoring
+from e2e_kind.report import Report
+from k8s_helpers import ROOT, skaffold_plan
 
 pytestmark = pytest.mark.unit
 
@@ -72,7 +68,11 @@ def test_builds_as_skaffold_does() -> None:
     assert "scripts/build-scorer-image.sh" in argv[-1]
     argv, env = arts["fraudstream-consumers"].build_argv("fraudstream-consumers:t1")
     assert argv[:2] == ["docker", "build"] and argv[argv.index("-t") + 1].endswith(":t1")
-    assert skaffold_plan.input_tag().startswith("e2e-")
+    consumers = arts["fraudstream-consumers"]
+    names = {p.relative_to(ROOT).as_posix() for p in consumers.inputs()}
+    assert "src/fraudstream/bridge.py" in names and "consumers/Dockerfile" in names
+    assert not any(n.startswith(("tests/", "charts/", ".venv/")) for n in names)
+    assert consumers.tag() == consumers.tag() and consumers.tag().startswith("e2e-")
 
 
 def test_dashboard_queries_have_no_variables_left() -> None:

@@ -4,7 +4,6 @@ defines."""
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ from k8s_helpers import (
     render,
     run_helm,
     skaffold_config,
+    skaffold_plan,
     skaffold_release,
     skaffold_sets,
 )
@@ -50,27 +50,8 @@ def kps_values() -> dict:
 
 
 def skaffold_with_profile(name: str) -> dict:
-    """skaffold.yaml with one profile's JSON patches applied (the ops used here: add, replace)."""
-    config = copy.deepcopy(skaffold_config())
-    (profile,) = [p for p in config["profiles"] if p["name"] == name]
-    for patch in profile.get("patches", []):
-        *parents, last = [
-            p.replace("~1", "/").replace("~0", "~") for p in patch["path"].split("/")[1:]
-        ]
-        node = config
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        assert patch["op"] in {"add", "replace"}, patch
-        if isinstance(node, list):
-            index = len(node) if last == "-" else int(last)
-            if patch["op"] == "add":
-                node.insert(index, copy.deepcopy(patch["value"]))
-            else:
-                node[index] = copy.deepcopy(patch["value"])
-        else:
-            assert patch["op"] == "add" or last in node, patch
-            node[last] = copy.deepcopy(patch["value"])
-    return config
+    """skaffold.yaml with one profile's patches applied, as the end-to-end run applies them."""
+    return skaffold_plan.with_profiles(skaffold_config(), names=[name])
 
 
 def release_in(config: dict, name: str) -> dict:
