@@ -416,6 +416,9 @@ def provoke_alert(kube: Kube, prom: Prometheus, report: Report, args: argparse.N
         kube.kubectl("scale", "deploy/fraudstream-writer", "--replicas=0")
         log("   writer scaled to 0")
         fired.append(wait_firing(prom, WRITER_DOWN_ALERTS, args.alert_timeout))
+        if fired[-1]:
+            time.sleep(30)  # Prometheus sends firing alerts on its next evaluation
+            alertmanager_received(kube, report, fired[-1][0])
         kube.kubectl("scale", "deploy/fraudstream-writer", "--replicas=1")
         log(f"   alert: {fired[-1]}; writer scaled back to 1")
 
@@ -441,6 +444,21 @@ def provoke_alert(kube: Kube, prom: Prometheus, report: Report, args: argparse.N
         f"{hit[0]} firing after {hit[1]:.0f}s" if hit else f"none of {WRITER_DOWN_ALERTS}",
     )
     exactly_once(kube, report, "writer down", result)
+
+
+def alertmanager_received(kube: Kube, report: Report, alert: str) -> None:
+    """The fired alert reached Alertmanager (where kube-prometheus-stack installed one)."""
+    services = kube.json("get", "svc", namespace=MONITORING)["items"]
+    names = [s["metadata"]["name"] for s in services]
+    name = next((n for n in names if n.endswith("alertmanager")), "")
+    if not name:
+        report.gate("Alertmanager received the alert", None, "no Alertmanager in this cluster")
+        return
+    with service_url(kube, name, "http-web", MONITORING) as url:
+        alerts = httpx.get(f"{url}/api/v2/alerts", timeout=30).json()
+    got = sorted({a["labels"].get("alertname", "") for a in alerts})
+    report.gate("Alertmanager received the alert", bool(alert) and alert in got,
+                f"{name} holds {got}")  # fmt: skip
 
 
 def chaos(kube: Kube, report: Report, args: argparse.Namespace) -> None:

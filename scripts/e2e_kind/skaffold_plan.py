@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -86,6 +87,42 @@ class Artifact:
     dockerfile: str = ""  # docker build
     build_args: dict[str, str] = field(default_factory=dict)
     buildkit: bool = False
+    deps_command: str = ""  # custom build: prints its inputs as a JSON list
+    deps_paths: list[str] = field(default_factory=list)  # custom build: globs of its inputs
+
+    def inputs(self) -> list[Path]:
+        """The files the image is built from, as skaffold's dependency rules name them."""
+        if self.deps_command:
+            out = subprocess.run(["bash", "-c", self.deps_command], cwd=self.context,
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            return [self.context / p for p in json.loads(out)]
+        if self.deps_paths:
+            return [p for g in self.deps_paths for p in self.context.glob(g) if p.is_file()]
+        files = _git_files(self.context)
+        ignore = self.context / (self.dockerfile + ".dockerignore")
+        if ignore.exists():  # the `*` + `!path` form: only the listed paths are sent
+            keep = [
+                line[1:].strip().rstrip("/")
+                for line in ignore.read_text().splitlines()
+                if line.startswith("!")
+            ]
+            files = [
+                f
+                for f in files
+                if any(f.relative_to(self.context).as_posix().startswith(k) for k in keep)
+            ]
+            files.append(self.context / self.dockerfile)
+        return files
+
+    def tag(self) -> str:
+        """A tag from the content of the inputs, like skaffold's ``inputDigest``."""
+        digest = hashlib.sha256()
+        for path in sorted(set(self.inputs())):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(
+                    str(path).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest()
+                )
+        return "e2e-" + digest.hexdigest()[:12]
 
     @property
     def template_key(self) -> str:
@@ -111,7 +148,16 @@ def artifacts(config: dict, root: Path = ROOT) -> list[Artifact]:
     for a in build.get("artifacts", []):
         context = (root / a.get("context", ".")).resolve()
         if "custom" in a:
-            found.append(Artifact(a["image"], context, build_command=a["custom"]["buildCommand"]))
+            deps = a["custom"].get("dependencies", {})
+            found.append(
+                Artifact(
+                    a["image"],
+                    context,
+                    build_command=a["custom"]["buildCommand"],
+                    deps_command=deps.get("command", ""),
+                    deps_paths=list(deps.get("paths", [])),
+                )
+            )
         elif "docker" in a or set(a) <= {"image", "context"}:
             docker = a.get("docker", {})
             found.append(
@@ -128,21 +174,15 @@ def artifacts(config: dict, root: Path = ROOT) -> list[Artifact]:
     return found
 
 
-def input_tag(root: Path = ROOT) -> str:
-    """A tag from the content of every file git knows in the tree (committed or not), in the
-    spirit of skaffold's ``inputDigest``: unchanged inputs give the same tag."""
-    files = subprocess.run(
+def _git_files(root: Path) -> list[Path]:
+    """Every file git knows under ``root``, committed or not (ignored ones left out)."""
+    out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
         cwd=root,
         capture_output=True,
         check=True,
     ).stdout.split(b"\0")
-    digest = hashlib.sha256()
-    for name in sorted(f for f in files if f):
-        path = root / name.decode()
-        if path.is_file():
-            digest.update(name + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return "e2e-" + digest.hexdigest()[:12]
+    return [root / name.decode() for name in out if name]
 
 
 @dataclass
