@@ -179,8 +179,9 @@ class ScorerClient:
 
 
 def _refusal(response: Any) -> Exception:
-    """What a non-2xx, non-5xx answer means: a record-level rejection only when it is a 4xx
-    with the scorer's own ``reason`` (its body is never copied: it could echo input)."""
+    """What an answer other than 200 and 5xx means: a record-level rejection only when it is a
+    4xx with the scorer's own ``reason`` (the rest of its body is never copied: it could echo
+    input)."""
     status = response.status_code
     if 400 <= status < 500 and status not in DEPLOYMENT_STATUSES:
         try:
@@ -190,7 +191,7 @@ def _refusal(response: Any) -> Exception:
         if isinstance(body, dict) and isinstance(body.get("reason"), str) and body["reason"]:
             field = body.get("field")
             return ScorerRejectedError(
-                status, field if isinstance(field, str) else "?", body["reason"][:100]
+                status, field[:200] if isinstance(field, str) else "?", body["reason"][:100]
             )
     return ScorerDeploymentError(
         f"the scorer answered {status} to POST /score_batch, which no record can cause "
