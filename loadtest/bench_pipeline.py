@@ -216,7 +216,7 @@ def run_step(
     with open(work / f"replay-{step.rate:g}.log", "wb") as out:
         replay = subprocess.Popen(
             [*CLI, "replay", str(csv), "--rate", str(step.rate), "--limit", str(limit)]
-            + ["--no-progress"],
+            + ["--no-progress", "--fresh-ids"],  # every step resends the file's first rows
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -380,7 +380,8 @@ def main() -> int:
         ).start()
         # warm-up: the first transactions pay for JIT-free Python imports and connections
         subprocess.run(
-            [*CLI, "replay", str(csv), "--rate", "0", "--limit", "2000", "--no-progress"],
+            [*CLI, "replay", str(csv), "--rate", "0", "--limit", "2000", "--no-progress"]
+            + ["--fresh-ids"],
             env=env,
             check=True,
             capture_output=True,

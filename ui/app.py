@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -32,15 +31,16 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _send(frame: pd.DataFrame, kafka: KafkaSettings) -> list[str]:
-    """Produce the rows to the transactions topic; return their transaction ids."""
+    """Produce the rows to the transactions topic; return their transaction ids: the file's
+    own, or derived from the content, so the same file sent again is scored once."""
+    from fraudstream.identity import frame_transaction_ids
     from fraudstream.kafka_runner import make_producer
     from fraudstream.replay import replay_frame
 
-    frame = frame.copy()
-    frame["transaction_id"] = [str(uuid.uuid4()) for _ in range(len(frame))]
+    frame = frame.assign(transaction_id=frame_transaction_ids(frame))
     producer = make_producer(kafka.kafka_bootstrap_servers)
     try:
-        result = replay_frame(frame, producer, kafka.topic_transactions, keep_ids=True)
+        result = replay_frame(frame, producer, kafka.topic_transactions)
     finally:
         producer.close()
     if result.failed or result.rejected:

@@ -33,6 +33,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from fraudstream.identity import transaction_id_of
 from fraudstream.schema import CATEGORIES, EXAMPLE_TRANSACTION, Transaction, error_message
 from fraudstream.scoring import ScoreResult
 from fraudstream.settings import DatabaseSettings, LogSettings, ScorerSettings
@@ -440,6 +441,11 @@ class FraudScorer:
     )
     async def score(self, transactions: list[Transaction]) -> list[ScoreResult]:
         """Score one transaction. Concurrent calls are batched into one model call."""
+        # one call holds one transaction: without an id it gets the one derived from its
+        # content (occurrence 0, whatever else shares the batch), so a client retry is idempotent
+        for transaction in transactions:
+            if not transaction.transaction_id:
+                transaction.transaction_id = transaction_id_of(transaction)
         return await self._run(transactions, "score")
 
     @bentoml.api(route=BATCH_ROUTE, input_spec=BatchInput, output_spec=BatchOutput)

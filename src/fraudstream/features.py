@@ -5,7 +5,7 @@ Two kinds of features:
 * **stateless** ones, computed from the transaction alone (:func:`stateless_features`, vectorised
   over a frame of TETA columns);
 * **per-card history** ones, computed causally from the earlier transactions of the same card
-  holder (key = :func:`fraudstream.schema.card_key`) by :class:`CardState`. A state is fed one
+  holder (key = :func:`fraudstream.identity.card_key`) by :class:`CardState`. A state is fed one
   transaction at a time in time order; :meth:`CardState.step` returns the features of the
   transaction as seen *before* it and then adds it to the history.
 
@@ -329,7 +329,7 @@ def events_from_columns(cols: Columns) -> list[Event]:
     """History events of transactions given as input columns, in their order."""
     import numpy as np
 
-    from fraudstream.schema import card_key
+    from fraudstream.identity import card_key
 
     times = cols["transaction_time"]
     seconds = (times.astype(np.int64) / 1e6).tolist()

@@ -5,7 +5,7 @@ processing order) into their history features and remembers them, through the sa
 :meth:`fraudstream.features.CardState.step` as the batch path. Recording is idempotent on the
 transaction id: an id seen before is not added again and gets the features it got the first time.
 
-Only pseudonymous card keys (:func:`fraudstream.schema.card_key`), times, amounts, category
+Only pseudonymous card keys (:func:`fraudstream.identity.card_key`), times, amounts, category
 indices, merchant codes and hours are kept; never names, streets or home coordinates.
 """
 

@@ -1,9 +1,12 @@
 """``fraudstream replay FILE.csv``: a CSV's transactions onto the ``transactions`` topic.
 
 The file is read with the shared loader (:func:`fraudstream.loader.load_csv`, TETA or Kaggle
-shape); every row is validated again as a :class:`fraudstream.schema.Transaction`, gets a fresh
-``transaction_id`` (UUID 4; ``--keep-ids`` keeps an id the file already has) and is produced as
-JSON keyed by the card-holder key, so one holder's transactions stay in order in one partition.
+shape); every row is validated again as a :class:`fraudstream.schema.Transaction`, keeps the
+file's own ``transaction_id`` (Kaggle's ``trans_num``) or gets one derived from its content
+(:func:`fraudstream.identity.frame_transaction_ids`: the same file replayed again sends the same
+ids, so the scorer and the writer count each transaction once; ``--fresh-ids`` sends random UUIDs
+instead, for load tests that send a file more than once) and is produced as JSON keyed by the
+card-holder key, so one holder's transactions stay in order in one partition.
 ``--rate`` paces the sending (transactions per second; 0 = as fast as possible); ``--limit``
 stops after that many. A progress bar runs on a terminal; the last line counts sent (acknowledged
 by Kafka) and rejected rows. :func:`replay_frame` is the same thing for the UI's upload.
@@ -112,21 +115,29 @@ def replay_frame(
     *,
     rate: float = 0.0,
     limit: int | None = None,
-    keep_ids: bool = False,
+    keep_ids: bool = True,
+    fresh_ids: bool = False,
     result: ReplayResult | None = None,
     on_progress: Callable[[ReplayResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     metrics: Any = None,
 ) -> ReplayResult:
-    """Produce the loader's ``frame`` (TETA columns) to ``topic``; return the counts."""
+    """Produce the loader's ``frame`` (TETA columns) to ``topic``; return the counts.
+
+    Ids: the frame's own ``transaction_id`` where it has one, else derived from the content
+    (``keep_ids`` is kept for old callers: a source id always wins); ``fresh_ids``: random
+    UUIDs for every row instead.
+    """
     from pydantic import ValidationError
 
+    from fraudstream.identity import frame_transaction_ids
     from fraudstream.loader import to_transactions
 
     result = result or ReplayResult()
     started = time.monotonic()
     pacer = _Pacer(rate)
     total = len(frame) if limit is None else min(limit, len(frame))
+    ids = None if fresh_ids else frame_transaction_ids(frame.iloc[:total])
 
     def delivered(_meta: Any) -> None:
         result.sent += 1
@@ -145,6 +156,8 @@ def replay_frame(
         if should_stop and should_stop():
             break
         chunk = frame.iloc[begin : min(begin + CHUNK, total)]
+        if ids is not None:
+            chunk = chunk.assign(transaction_id=ids[begin : begin + len(chunk)])
         try:
             transactions = to_transactions(chunk)
         except ValidationError:
@@ -159,11 +172,11 @@ def replay_frame(
                     if len(result.errors) < 20:
                         result.errors.append(f"row {begin + pos + 1}: {err.errors()[0]['msg']}")
         # one urandom call per chunk: random UUID 4s without a system call each
-        entropy = os.urandom(16 * len(transactions))
+        entropy = os.urandom(16 * len(transactions)) if fresh_ids else b""
         for i, tx in enumerate(transactions):
             if should_stop and should_stop():
                 break
-            if not (keep_ids and tx.transaction_id):
+            if fresh_ids:
                 tx.transaction_id = str(uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4))
             key, value = transaction_message(tx)
             pacer.wait(queued)
@@ -191,8 +204,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="send at most N transactions")
     parser.add_argument(
-        "--keep-ids", action="store_true", help="keep transaction ids present in the file"
+        "--fresh-ids",
+        action="store_true",
+        help="a random transaction id for every row, even where the file has one"
+        " (load tests that send a file more than once)",
     )
+    # ids in the file are always kept now; the flag stays for old scripts
+    parser.add_argument("--keep-ids", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default=None, help="default: $TOPIC_TRANSACTIONS")
     parser.add_argument("--bootstrap", default=None, help="default: $KAFKA_BOOTSTRAP_SERVERS")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -250,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             topic,
             rate=rate,
             limit=args.limit,
-            keep_ids=args.keep_ids,
+            fresh_ids=args.fresh_ids,
             result=result,
             on_progress=progress.update,
             should_stop=stop.is_set,

@@ -11,7 +11,6 @@ event time is not later than now + ``MAX_EVENT_TIME_SKEW_S`` (:class:`SchemaSett
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fraudstream.identity import card_key
 from fraudstream.settings import SchemaSettings
 
 Category = Literal[
@@ -88,7 +88,7 @@ class Transaction(BaseModel):
         default=None,
         max_length=64,
         pattern=PRINTABLE,
-        description="unique id; generated when absent",
+        description="unique id; when absent, derived from the content (the same every time)",
     )
     transaction_time: datetime = Field(
         description="local time, 'YYYY-MM-DD HH:MM:SS'; not later than now + MAX_EVENT_TIME_SKEW_S"
@@ -131,6 +131,7 @@ class Transaction(BaseModel):
 
     @property
     def card_key(self) -> str:
+        """Pseudonymous card-holder key (:func:`fraudstream.identity.card_key`)."""
         return card_key(self.name_1, self.name_2, self.street)
 
 
@@ -142,12 +143,6 @@ def error_message(detail: Any) -> str:
     ):
         return NOT_PRINTABLE_MESSAGE
     return str(detail.get("msg", ""))
-
-
-def card_key(name_1: str, name_2: str, street: str) -> str:
-    """Pseudonymous card-holder key: name_1 + name_2 + street, hashed (not personal data)."""
-    raw = f"{name_1}\x1f{name_2}\x1f{street}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 EXAMPLE_TRANSACTION: dict = {

@@ -7,7 +7,8 @@
 
 Features come from :mod:`fraudstream.features` (the code training used); history features are
 computed causally through a :class:`fraudstream.history.HistoryStore` and each scored
-transaction is added to it, idempotently on its ``transaction_id``.
+transaction is added to it, idempotently on its ``transaction_id`` (derived from the content
+when absent: :func:`fraudstream.identity.transaction_ids`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from fraudstream.features import (
     transaction_columns,
 )
 from fraudstream.history import HistoryStore, InMemoryHistoryStore
+from fraudstream.identity import transaction_ids
 from fraudstream.schema import Transaction
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class Scorer:
         """(transaction ids, model input rows) for a batch; records the batch in the history."""
         import numpy as np
 
-        ids = [tx.transaction_id or str(uuid.uuid4()) for tx in transactions]
+        ids = transaction_ids(transactions)  # missing ones derived from the content
         cols = transaction_columns(transactions)
         features = {name: values.tolist() for name, values in stateless_columns(cols).items()}
         order = time_order(cols["transaction_time"]).tolist()

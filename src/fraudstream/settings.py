@@ -120,6 +120,18 @@ class WriterSettings(_Base):
     metrics_port: int = 9102
 
 
+class IdentitySettings(_Base):
+    """Card keys and derived transaction ids (:mod:`fraudstream.identity`): wherever they are
+    computed (scorer, replay, the analyst page, the load test)."""
+
+    # an empty variable means "use the default"
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_ignore_empty=True)
+
+    # HMAC key of card-holder keys (name + street) and of ids derived from a transaction's
+    # content; the default is a fixed development value (a WARNING is logged when it is used)
+    card_key_secret: str = "fraudstream-development-card-key"
+
+
 class SchemaSettings(_Base):
     """The data contract (:class:`fraudstream.schema.Transaction`), wherever it is checked."""
 

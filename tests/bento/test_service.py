@@ -50,11 +50,18 @@ def test_flagged_transactions_get_up_to_three_positive_reasons(scorer, sample_tr
         assert all(reason.feature in scorer.scorer.feature_names for reason in r.reasons)
 
 
-def test_a_missing_transaction_id_is_generated(scorer, example):
+def test_score_twice_without_an_id_gets_one_id_and_counts_once(scorer, example):
+    # a client retry: the same transaction without an id, sent twice
+    card = {"name_1": "Re", "name_2": "Try", "street": "2 Again Avenue"}
     del example["transaction_id"]
-    (first,) = run(scorer.score(_txs([example])))
-    (second,) = run(scorer.score(_txs([example])))
-    assert len(first.transaction_id) >= 32 and first.transaction_id != second.transaction_id
+    plain = {**example, **card, "transaction_time": "2020-07-02 10:00:00"}
+    later = {**plain, "transaction_id": "retry-later", "transaction_time": "2020-07-02 11:00:00"}
+    (first,) = run(scorer.score(_txs([plain])))
+    (second,) = run(scorer.score(_txs([plain])))
+    assert len(first.transaction_id) == 36 and second == first
+    # the card's history holds it once: the next transaction sees one earlier transaction
+    _, rows = scorer.scorer.features(_txs([later]))
+    assert rows[0][scorer.scorer.feature_names.index("h_n_prev")] == 1
 
 
 def test_scoring_the_same_transaction_twice_counts_it_once(scorer, example):

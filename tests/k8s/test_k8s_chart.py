@@ -3,6 +3,7 @@ it renders follows the rules a cluster (and an on-call engineer) relies on."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from functools import cache
@@ -31,6 +32,7 @@ from fraudstream.settings import (
     BridgeSettings,
     DatabaseSettings,
     HealthSettings,
+    IdentitySettings,
     KafkaSettings,
     LogSettings,
     ScorerSettings,
@@ -383,12 +385,12 @@ def test_selectors_carry_only_stable_labels(scenario: str) -> None:
 
 
 SETTINGS_OF = {
-    "scorer": (ScorerSettings, DatabaseSettings, LogSettings),
+    "scorer": (ScorerSettings, DatabaseSettings, LogSettings, IdentitySettings),
     "bridge": (KafkaSettings, BridgeSettings, HealthSettings, LogSettings),
     "writer": (KafkaSettings, WriterSettings, HealthSettings, DatabaseSettings, LogSettings),
     "migrations": (DatabaseSettings, LogSettings),
     "topics": (KafkaSettings, LogSettings),
-    "ui": (KafkaSettings, DatabaseSettings, UiSettings),
+    "ui": (KafkaSettings, DatabaseSettings, UiSettings, IdentitySettings),
 }
 # Variables read by something other than our settings classes, and who reads them.
 NOT_SETTINGS = {
@@ -398,7 +400,7 @@ NOT_SETTINGS = {
     "BENTOML_DO_NOT_TRACK": "BentoML: no usage analytics sent from the cluster",
 }
 REQUIRED = {
-    "scorer": {"MODEL_TAG", "PORT", "WORKERS", "DATABASE_URL"},
+    "scorer": {"MODEL_TAG", "PORT", "WORKERS", "DATABASE_URL", "CARD_KEY_SECRET"},
     "bridge": {
         "KAFKA_BOOTSTRAP_SERVERS",
         "SCORER_URL",
@@ -421,7 +423,7 @@ REQUIRED = {
         "TOPIC_RETENTION_MS",
         "TOPIC_RETENTION_BYTES",
     },
-    "ui": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGPASSWORD"},
+    "ui": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGPASSWORD", "CARD_KEY_SECRET"},
 }
 
 
@@ -498,6 +500,39 @@ def test_generated_secret_is_random_and_kept_or_an_existing_one_is_used() -> Non
         if e["name"] == "PGPASSWORD"
     }
     assert refs == {("postgres", "password")}
+
+
+def _card_key_refs(objects: list[dict]) -> dict[str, set[tuple[str, str]]]:
+    """component -> (Secret, key) its containers take CARD_KEY_SECRET from."""
+    refs: dict[str, set[tuple[str, str]]] = {}
+    for o in objects:
+        component = o["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        for c in containers(o):
+            for e in c.get("env") or []:
+                if e["name"] == "CARD_KEY_SECRET":
+                    ref = e["valueFrom"]["secretKeyRef"]  # never a plain value
+                    refs.setdefault(component, set()).add((ref["name"], ref["key"]))
+    return refs
+
+
+def test_card_key_secret_is_generated_once_or_an_existing_one_is_used() -> None:
+    objects = render(sets=("loadtest.enabled=true",))
+    a = named(objects, "Secret", "fraudstream-card-key")
+    b = named(render(sets=("logging.level=DEBUG",)), "Secret", "fraudstream-card-key")
+    assert len(base64.b64decode(a["data"]["card-key"])) == 48
+    assert a["data"]["card-key"] != b["data"]["card-key"]  # random (lookup keeps it on a cluster)
+    assert a["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # the pods that compute card keys or derive ids get it, from the Secret; no other pod does
+    own = {("fraudstream-card-key", "card-key")}
+    assert _card_key_refs(objects) == {"scorer": own, "ui": own, "loadtest": own}
+    for cm in by_kind(objects, "ConfigMap"):
+        assert "CARD_KEY_SECRET" not in (cm.get("data") or {})
+    objects = render(values=scenario_values("existing-secret-values.yaml"))
+    assert not by_kind(objects, "Secret")
+    assert _card_key_refs(objects) == {
+        "scorer": {("fraudstream-card-key", "key")},
+        "ui": {("fraudstream-card-key", "key")},
+    }
 
 
 def test_hook_jobs_run_before_the_app_and_after_the_secret() -> None:

@@ -12,7 +12,7 @@ import yaml
 from k8s_helpers import CHART, KUBE_VERSIONS, ROOT, containers, pod_spec, render, run_helm
 from test_k8s_chart import validate_object
 
-from fraudstream.settings import DatabaseSettings, KafkaSettings, env_names
+from fraudstream.settings import DatabaseSettings, IdentitySettings, KafkaSettings, env_names
 
 pytestmark = pytest.mark.unit
 
@@ -181,7 +181,8 @@ def test_pods_are_locked_down_sized_and_labelled() -> None:
 
 def test_master_reads_postgres_and_workers_reach_kafka() -> None:
     objects = loadtest_objects(sets=(*ENABLED, "loadtest.extraEnv[0].name=LOCUST_LOGLEVEL"))
-    allowed = env_names(KafkaSettings, DatabaseSettings) | {"PGPASSWORD", "LOCUST_LOGLEVEL"}
+    allowed = env_names(KafkaSettings, DatabaseSettings, IdentitySettings)
+    allowed |= {"PGPASSWORD", "LOCUST_LOGLEVEL"}
     master_env = {e["name"]: e for e in containers(one(objects, "Job", "-master"))[0]["env"]}
     assert master_env["DATABASE_URL"]["value"].startswith("postgresql://")
     assert urlsplit(master_env["DATABASE_URL"]["value"]).password is None
@@ -190,6 +191,8 @@ def test_master_reads_postgres_and_workers_reach_kafka() -> None:
     assert worker_env["KAFKA_BOOTSTRAP_SERVERS"]["value"] == "kafka:9092"
     assert worker_env["TOPIC_TRANSACTIONS"]["value"] == "transactions"
     assert "PGPASSWORD" not in worker_env  # workers only produce
+    # workers key their Kafka records by card holder, with the chart's card-key Secret
+    assert "secretKeyRef" in worker_env["CARD_KEY_SECRET"]["valueFrom"]
     for env in (master_env, worker_env):
         assert set(env) <= allowed, sorted(set(env) - allowed)
         assert "LOCUST_LOGLEVEL" in env

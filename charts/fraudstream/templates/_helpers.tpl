@@ -77,6 +77,24 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Name of the Secret holding CARD_KEY_SECRET: cardKey.existingSecret, or the chart's own "<fullname>-card-key". */}}
+{{- define "fraudstream.cardKeySecretName" -}}
+{{- if .Values.cardKey.existingSecret }}
+{{- .Values.cardKey.existingSecret }}
+{{- else }}
+{{- include "fraudstream.componentName" (dict "root" . "component" "card-key") }}
+{{- end }}
+{{- end }}
+
+{{/* CARD_KEY_SECRET from its Secret: every container that computes card keys or derives transaction ids (scorer, ui, load-test workers). */}}
+{{- define "fraudstream.cardKeyEnv" -}}
+- name: CARD_KEY_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fraudstream.cardKeySecretName" . }}
+      key: {{ .Values.cardKey.existingSecretKey | default "card-key" }}
+{{- end }}
+
 {{/* libpq URL without the password (libpq reads that from PGPASSWORD, so it never sits in a ConfigMap). */}}
 {{- define "fraudstream.databaseUrl" -}}
 {{- with .Values.database }}
