@@ -1,5 +1,5 @@
 -- Per-card history for the streaming scorer (fraudstream.history.PostgresHistoryStore).
--- Keyed by a pseudonymous hash of the card holder (fraudstream.schema.card_key): no names,
+-- Keyed by a keyed HMAC of the card holder (fraudstream.identity.card_key): no names,
 -- streets or home coordinates are stored here.
 CREATE TABLE IF NOT EXISTS card_history (
     card_key   text PRIMARY KEY,
