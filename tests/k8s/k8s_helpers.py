@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -30,7 +29,7 @@ RELEASE = "fraudstream"
 NAMESPACE = "fraudstream"
 
 # skaffold.yaml turned into builds and helm commands: the code `make e2e-kind` deploys with
-sys.path.insert(0, str(ROOT / "scripts"))
+# (importable through tests/k8s/conftest.py)
 from e2e_kind import skaffold_plan  # noqa: E402, F401
 
 
