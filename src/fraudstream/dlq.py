@@ -74,6 +74,10 @@ def origin_headers(origin: tuple[str, int, int]) -> list[tuple[str, bytes]]:
 # --------------------------------------------------------------------------- consumers' side
 
 
+# every ``error_type`` a record can be dead-lettered with
+ERROR_TYPES = ("not_json", "invalid", "empty", "scorer_rejected", "scorer_error", "write_error")
+
+
 class DeadLetters:
     """Poison records to the DLQ topic, behind the ratio guard (see the module docstring)."""
 
@@ -91,6 +95,9 @@ class DeadLetters:
         self.window: deque[bool] = deque(maxlen=max(window, 1))
         self.min_seen = min(max(window, 1), 50)
         self.metrics = metrics
+        if metrics is not None:  # every reason a series from the start, so dashboards see 0
+            for error_type in ERROR_TYPES:
+                metrics.dlq.labels(error_type)
 
     def check(self, poison: Sequence[bool], *, record: bool = True) -> None:
         """Judge a batch: ``poison[i]`` tells whether its i-th record goes to the DLQ.

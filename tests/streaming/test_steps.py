@@ -466,3 +466,18 @@ def test_writer_sends_control_characters_to_the_dlq_instead_of_crashing():
     assert sorted(store.rows) == sorted(f"id-{i}" for i in range(10))
     kinds = {m["headers"]["source_offset"]: m["headers"]["error_type"] for m in producer.sent}
     assert kinds == {b"10": b"invalid", b"11": b"invalid", b"12": b"invalid"}
+
+
+def test_every_dlq_reason_has_a_series_before_the_first_poison() -> None:
+    """A dashboard panel on the DLQ counter must show 0, not "no data", on a healthy system."""
+    from prometheus_client import CollectorRegistry
+
+    from fraudstream.dlq import ERROR_TYPES
+    from fraudstream.kafka_runner import ConsumerMetrics
+
+    registry = CollectorRegistry()
+    DeadLetters(FakeProducer(), "dlq", 0.5, 200, metrics=ConsumerMetrics.create("t", registry))
+    for reason in ERROR_TYPES:
+        assert (
+            registry.get_sample_value("fraudstream_t_dlq_messages_total", {"reason": reason}) == 0
+        )
