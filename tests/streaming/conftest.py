@@ -352,18 +352,10 @@ def scorer(scorer_url: str) -> RunningScorer:
 
 @pytest.fixture
 def stoppable_scorer(tmp_path: Path, scorer_env: dict[str, str]) -> Iterator[ScorerServer]:
-    """A real ``bentoml serve`` of this test's own, to stop and start again.
-
-    It gets a BentoML home of its own with the session's model store linked in: ``bentoml
-    serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would
-    wipe the metrics of the session's scorer (``scorer_url``) that later tests read.
-    """
+    """A real ``bentoml serve`` of this test's own, to stop and start again (in a BentoML
+    home of its own, so it leaves the session scorer's metrics alone: ``ScorerServer``)."""
     from fraudstream.local.scorer import ScorerServer
 
-    home = tmp_path / "bentoml"
-    home.mkdir()
-    (home / "models").symlink_to(Path(scorer_env["BENTOML_HOME"]) / "models")
-    env = {**scorer_env, "BENTOML_HOME": str(home)}
-    server = ScorerServer(tmp_path / "scorer.log", env=env).start()
+    server = ScorerServer(tmp_path / "scorer.log", env=scorer_env).start()
     yield server
     server.stop()

@@ -22,19 +22,12 @@ N_ROWS = 5000
 
 @pytest.fixture
 def pg_history_scorer(tmp_path: Path, scorer_env: dict[str, str], pg_url: str) -> Iterator[str]:
-    """A real ``bentoml serve`` keeping its history in this test's PostgreSQL schema.
-
-    Its BentoML home is its own (the session's models linked in): ``bentoml serve`` empties
-    the home's Prometheus directory when it starts, which the session's scorer uses.
-    """
+    """A real ``bentoml serve`` keeping its history in this test's PostgreSQL schema."""
     from fraudstream.local.scorer import ScorerServer
     from fraudstream.migrations import migrate
 
     migrate(pg_url)
-    home = tmp_path / "bentoml"
-    home.mkdir()
-    (home / "models").symlink_to(Path(scorer_env["BENTOML_HOME"]) / "models")
-    env = {**scorer_env, "BENTOML_HOME": str(home), "DATABASE_URL": pg_url}
+    env = {**scorer_env, "DATABASE_URL": pg_url}
     with ScorerServer(tmp_path / "pg-scorer.log", env=env) as server:
         yield server.url
 

@@ -21,9 +21,23 @@ from fraudstream.local.process import stop_group
 SERVICE = "bentos.fraud_scorer.service:FraudScorer"
 
 
+def private_home(shared: Path, directory: Path) -> Path:
+    """A BentoML home of one server's own, with the model and Bento stores of ``shared`` linked
+    in: ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts,
+    which would wipe the metrics of every other server sharing that home."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        link = directory / store
+        if not link.is_symlink():
+            link.symlink_to(shared / store)
+    return directory
+
+
 class ScorerServer:
     """One ``bentoml serve`` of the scorer; ``env`` adds/overrides environment variables
-    (``MODEL_TAG``, ``DATABASE_URL``, ``WORKERS``, ``BENTOML_HOME``, ...)."""
+    (``MODEL_TAG``, ``DATABASE_URL``, ``WORKERS``, ``BENTOML_HOME``: the model store to serve
+    from; the server itself runs in a private home next to its log, see :func:`private_home`)."""
 
     def __init__(
         self,
@@ -49,6 +63,9 @@ class ScorerServer:
     def start(self, timeout: float = 90.0) -> ScorerServer:
         """Start and wait until ``/readyz`` answers 200; raise with the log tail if it cannot."""
         env = {**os.environ, **self.env, "PORT": str(self.port)}
+        shared = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml")
+        home = self.log_path.parent / f"{self.log_path.stem}-bentoml-home"
+        env["BENTOML_HOME"] = str(private_home(shared, home))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.started_at = time.perf_counter()
