@@ -89,7 +89,7 @@ class ConsumerMetrics:
 
         reg = registry if registry is not None else REGISTRY
         p = f"fraudstream_{component}"
-        return cls(
+        metrics = cls(
             messages_in=Counter(f"{p}_messages_in", "records consumed", registry=reg),
             messages_out=Counter(f"{p}_messages_out", "results delivered", registry=reg),
             batch_size=Histogram(
@@ -114,6 +114,8 @@ class ConsumerMetrics:
             ),
             commits=Counter(f"{p}_offset_commits", "offset commits", registry=reg),
         )
+        metrics.errors.labels("commit")  # a series at 0 from the start, so dashboards see 0
+        return metrics
 
 
 def start_metrics_server(port: int) -> None:
