@@ -36,8 +36,14 @@ install_helm() {
 exec 9>"$BIN/.tools.lock"
 flock 9
 
-if command -v helm >/dev/null 2>&1 && helm version --short 2>/dev/null | grep -q '^v3\.'; then
-  ln -sfn "$(command -v helm)" "$BIN/helm"
+# A helm v3 on PATH is linked, unless it is this cache's own link (the cache's bin/ on PATH):
+# linking that to itself would leave a loop instead of a helm.
+on_path="$(command -v helm 2>/dev/null || true)"
+if [ -n "$on_path" ] && [ "$on_path" != "$BIN/helm" ] \
+    && helm version --short 2>/dev/null | grep -q '^v3\.'; then
+  ln -sfn "$on_path" "$BIN/helm"
+elif [ -n "$on_path" ] && [ "$on_path" = "$BIN/helm" ] && "$BIN/helm" version >/dev/null 2>&1; then
+  :  # already in place
 else
   install_helm
   ln -sfn "helm-$HELM_VERSION" "$BIN/helm"
