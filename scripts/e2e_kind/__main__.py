@@ -318,17 +318,25 @@ def gate_figures(result: dict) -> list[str]:
     return lines
 
 
+def gated_locust(
+    kube: Kube, report: Report, args: argparse.Namespace, label: str, user_class: str, title: str
+) -> dict:
+    """A run at the target rate whose gate is Locust's own verdict (rate, failures, p99s)."""
+    result = run_locust(kube, label, user_class, args.rate, args.duration, {})
+    report.add(f"locust {title} (in cluster)", gate_figures(result))
+    report.gate(
+        f"locust {title} {args.rate}/s gate",
+        result["exit_ok"] and not result.get("problems"),
+        summary(result),
+    )
+    return result
+
+
 def http_load(kube: Kube, report: Report, args: argparse.Namespace) -> None:
     hpa = HpaWatch(kube)
     hpa.start()
     try:
-        result = run_locust(kube, "http", "ScorerUser", args.rate, args.duration, {})
-        report.add("locust HTTP /score (in cluster)", gate_figures(result))
-        report.gate(
-            "locust HTTP 400/s gate",
-            result["exit_ok"] and not result.get("problems"),
-            summary(result),
-        )
+        gated_locust(kube, report, args, "http", "ScorerUser", "HTTP /score")
         # after the load: wait for the HPA to come back to its minimum
         hpa_min = kube.json("get", "hpa", "fraudstream-scorer")["spec"].get("minReplicas", 1)
         deadline = time.monotonic() + 420
@@ -349,8 +357,10 @@ def http_load(kube: Kube, report: Report, args: argparse.Namespace) -> None:
 
 
 def summary(result: dict) -> str:
-    parts = [f"{result.get('rate', 0):.0f}/s for {result.get('seconds', 0):.0f}s",
-             f"{result.get('failures', 0)} failures"]  # fmt: skip
+    parts = [
+        f"{result.get('rate', 0):.0f}/s for {result.get('seconds', 0):.0f}s",
+        f"{result.get('failures', 0)} failures",
+    ]
     for kind, f in result.get("types", {}).items():
         parts.append(f"{kind} p99 {f['p99_ms']:.0f} ms")
     parts += result.get("problems", [])
@@ -366,13 +376,7 @@ def stored_rows(kube: Kube, prefix: str) -> tuple[int, int]:
 
 
 def kafka_load(kube: Kube, report: Report, args: argparse.Namespace) -> None:
-    result = run_locust(kube, "kafka", "KafkaUser", args.rate, args.duration, {})
-    report.add("locust Kafka -> scores (in cluster)", gate_figures(result))
-    report.gate(
-        "locust Kafka 400/s gate",
-        result["exit_ok"] and not result.get("problems"),
-        summary(result),
-    )
+    result = gated_locust(kube, report, args, "kafka", "KafkaUser", "Kafka -> scores")
     exactly_once(kube, report, "Kafka run", result)
 
 

@@ -359,3 +359,13 @@ def stoppable_scorer(tmp_path: Path, scorer_env: dict[str, str]) -> Iterator[Sco
     server = ScorerServer(tmp_path / "scorer.log", env=scorer_env).start()
     yield server
     server.stop()
+
+
+def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
+    """Environment that points a ``fraudstream`` command at this test's broker and topics."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_TRANSACTIONS": topics["transactions"],
+        "TOPIC_SCORING": topics["scoring"],
+        "TOPIC_DLQ": topics["dlq"],
+    }

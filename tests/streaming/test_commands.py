@@ -14,7 +14,7 @@ import pytest
 
 from fraudstream.schema import PERSONAL_FIELDS, Transaction
 
-from .conftest import FRAUDSTREAM, read_topic
+from .conftest import FRAUDSTREAM, read_topic, topic_env
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +27,6 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "TOPIC_TRANSACTIONS": topics["transactions"],
-        "TOPIC_SCORING": topics["scoring"],
-        "TOPIC_DLQ": topics["dlq"],
-    }
 
 
 def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(

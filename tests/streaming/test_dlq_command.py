@@ -13,6 +13,7 @@ import pytest
 from fraudstream.schema import EXAMPLE_TRANSACTION
 
 from .conftest import FRAUDSTREAM, committed_and_end, read_topic, wait_until
+from .conftest import topic_env as streaming_topic_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +27,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "TOPIC_TRANSACTIONS": topics["transactions"],
-        "TOPIC_SCORING": topics["scoring"],
-        "TOPIC_DLQ": topics["dlq"],
-        "LOG_FORMAT": "json",
-    }
+    return {**streaming_topic_env(bootstrap, topics), "LOG_FORMAT": "json"}
 
 
 def dead_letter(topic: str, partition: int, offset: int, error_type: str) -> list:

@@ -11,6 +11,7 @@ with the real ``fraudstream bridge`` / ``writer`` processes (a stub scorer plays
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 
@@ -93,6 +94,14 @@ REFUSALS = {
 }
 
 
+def exit_code(component, failure: str, within_s: float = 20) -> int:
+    """The exit code of a component that must stop by itself; the test fails if it keeps running."""
+    try:
+        return component.proc.wait(within_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(failure)
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 500])
 @pytest.mark.parametrize("refusal", list(REFUSALS))
 def test_a_scorer_refusing_every_call_stops_the_bridge_without_touching_the_dlq_or_offsets(
@@ -103,10 +112,7 @@ def test_a_scorer_refusing_every_call_stops_the_bridge_without_touching_the_dlq_
     _, values = transactions(60)
     produce_values(kafka_bootstrap, pipe.topics["transactions"], values)
     bridge = pipe.component("bridge").start()
-    try:
-        code = bridge.proc.wait(20)
-    except Exception:
-        pytest.fail(f"the bridge kept running against a scorer answering {refusal}")
+    code = exit_code(bridge, f"the bridge kept running against a scorer answering {refusal}")
     assert code == 4, bridge.tail()
     assert read_topic(kafka_bootstrap, pipe.topics["dlq"], 3) == []
     assert read_topic(kafka_bootstrap, pipe.topics["scoring"], 3) == []
@@ -130,10 +136,9 @@ def test_a_scorer_rejecting_every_record_stops_the_bridge_even_one_record_at_a_t
     _, values = transactions(60)
     produce_values(kafka_bootstrap, pipe.topics["transactions"], values)
     bridge = pipe.component("bridge").start()
-    try:
-        code = bridge.proc.wait(20)
-    except Exception:
-        pytest.fail("the bridge kept draining records rejected by a scorer that rejects all")
+    code = exit_code(
+        bridge, "the bridge kept draining records rejected by a scorer that rejects all"
+    )
     assert code == 4, bridge.tail()
     assert read_topic(kafka_bootstrap, pipe.topics["dlq"], 3) == []
     assert (
