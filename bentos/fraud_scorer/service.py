@@ -3,8 +3,9 @@
     POST /score        one transaction (flat TETA JSON)          -> one ScoreResult
     POST /score_batch  {"transactions": [...]} (1..MAX_BATCH_SIZE) -> [ScoreResult, ...] in order
 
-Concurrent ``/score`` calls go through BentoML's adaptive batcher (``batchable=True``), so many
-single-transaction requests become one model call. Bodies are parsed and validated by
+Concurrent ``/score`` calls are merged into one scoring call without waiting to gather them
+(:class:`fraudstream.call_merger.CallMerger`), so many single-transaction requests become one
+model call and one history round trip. Bodies are parsed and validated by
 :class:`RequestGate` (an ASGI middleware) before BentoML sees them, so bad input gets a 4xx
 ``{"error", "field", "reason"}`` naming the field, is counted in
 ``fraudstream_scorer_rejected_requests_total``, never reaches a log (personal fields), and never
@@ -33,6 +34,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from fraudstream.call_merger import CallMerger, MergerOverloadedError
 from fraudstream.identity import transaction_id_of
 from fraudstream.schema import CATEGORIES, EXAMPLE_TRANSACTION, Transaction, error_message
 from fraudstream.scoring import ScoreResult
@@ -76,6 +78,10 @@ class ScorerMetrics:
     transactions: Any
     model_info: Any
     rejected: Any
+    merged: Any
+
+
+MERGED_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 @functools.cache
@@ -111,6 +117,11 @@ def metrics() -> ScorerMetrics:
             "fraudstream_scorer_rejected_requests",
             "Requests refused before scoring, by reason",
             ["endpoint", "reason"],
+        ),
+        merged=prom.Histogram(
+            "fraudstream_scorer_merged_calls",
+            "POST /score calls merged into one scoring call",
+            buckets=MERGED_BUCKETS,
         ),
     )
 
@@ -334,7 +345,7 @@ class OpenAPI30:
 
 class ScoreInput(OpenAPI30, bentoml.IODescriptor, Transaction):
     """``POST /score`` body: one flat transaction. Documented as the Transaction schema; the API
-    receives it as a one-element list, the unit BentoML's adaptive batcher concatenates."""
+    receives it as a one-element list, the unit the call merger concatenates."""
 
     model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_TRANSACTION})
     __root_input__: ClassVar[bool] = True
@@ -345,7 +356,7 @@ class ScoreInput(OpenAPI30, bentoml.IODescriptor, Transaction):
 
 
 class ScoreOutput(OpenAPI30, bentoml.IODescriptor, ScoreResult):
-    """``POST /score`` answer: the one result of this request's slice of the batch."""
+    """``POST /score`` answer: the one result of this request's slice of the merged batch."""
 
     @classmethod
     async def to_http_response(cls, obj: Any, serde: Any) -> Response:
@@ -414,6 +425,13 @@ class FraudScorer:
         )
         self.scorer.shap_calc_type = SETTINGS.shap_calc_type
         self.metrics = metrics()
+        self.merger: CallMerger[Transaction, ScoreResult] = CallMerger(
+            functools.partial(self._run, endpoint="score"),
+            max_batch=SETTINGS.adaptive_max_batch_size,
+            max_wait_s=SETTINGS.adaptive_max_latency_ms / 1000,
+            max_pending=SETTINGS.max_pending_calls,
+            on_batch=lambda calls, _items: self.metrics.merged.observe(calls),
+        )
         self.metrics.model_info.labels(version, f"{self.scorer.threshold:.6g}").set(1)
         for endpoint in ("score", "score_batch"):  # every series exists from the start at 0
             for category in CATEGORIES:
@@ -431,22 +449,18 @@ class FraudScorer:
                 "%d workers without DATABASE_URL: each keeps its own history", SETTINGS.workers
             )
 
-    @bentoml.api(
-        route=SCORE_ROUTE,
-        batchable=True,
-        max_batch_size=max(2, SETTINGS.adaptive_max_batch_size),
-        max_latency_ms=SETTINGS.adaptive_max_latency_ms,
-        input_spec=ScoreInput,
-        output_spec=ScoreOutput,
-    )
+    @bentoml.api(route=SCORE_ROUTE, input_spec=ScoreInput, output_spec=ScoreOutput)
     async def score(self, transactions: list[Transaction]) -> list[ScoreResult]:
-        """Score one transaction. Concurrent calls are batched into one model call."""
+        """Score one transaction. Concurrent calls are merged into one model call."""
         # one call holds one transaction: without an id it gets the one derived from its
         # content (occurrence 0, whatever else shares the batch), so a client retry is idempotent
         for transaction in transactions:
             if not transaction.transaction_id:
                 transaction.transaction_id = transaction_id_of(transaction)
-        return await self._run(transactions, "score")
+        try:
+            return await self.merger.call(transactions)
+        except MergerOverloadedError as err:
+            raise ServiceUnavailable(f"scorer overloaded, retry later: {err}") from None
 
     @bentoml.api(route=BATCH_ROUTE, input_spec=BatchInput, output_spec=BatchOutput)
     async def score_batch(self, transactions: list[Transaction]) -> list[ScoreResult]:

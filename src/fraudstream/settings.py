@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,11 +55,14 @@ class ScorerSettings(_Base):
     threshold: float | None = None
     # most transactions accepted in one POST /score_batch call
     max_batch_size: int = 1000
-    # adaptive batching of concurrent POST /score calls: most calls in one model call ...
-    adaptive_max_batch_size: int = 256
-    # ... and the longest (ms) a call may wait for its batch before it is refused with 503
-    # (BentoML's max_latency_ms: a load-shedding deadline, not a fixed wait)
-    adaptive_max_latency_ms: int = 1000
+    # merging of concurrent POST /score calls (fraudstream.call_merger; no gathering wait):
+    # most calls in one model call ...
+    adaptive_max_batch_size: int = Field(default=256, ge=1)
+    # ... the longest (ms) a call may wait for its batch to start before it is refused with 503
+    # (a load-shedding deadline, not a wait) ...
+    adaptive_max_latency_ms: int = Field(default=1000, ge=1)
+    # ... and the most calls queued at once (more are refused with 503)
+    max_pending_calls: int = Field(default=4096, ge=1)
     # HTTP worker processes (each loads its own copy of the model)
     workers: int = 1
     # HTTP port

@@ -91,15 +91,15 @@ def test_score_and_score_batch_agree(client):
 
 
 def test_concurrent_single_calls_are_batched(client):
-    before = _metric(client, "bentoml_service_adaptive_batch_size_count", method_name="score")
-    before_sum = _metric(client, "bentoml_service_adaptive_batch_size_sum", method_name="score")
+    before = _metric(client, "fraudstream_scorer_merged_calls_count")
+    before_sum = _metric(client, "fraudstream_scorer_merged_calls_sum")
     txs = [_tx() for _ in range(300)]
     with ThreadPoolExecutor(max_workers=32) as pool:
         responses = list(pool.map(lambda tx: client.post("/score", json=tx), txs))
     assert all(r.status_code == 200 for r in responses)
     assert [r.json()["transaction_id"] for r in responses] == [t["transaction_id"] for t in txs]
-    calls = _metric(client, "bentoml_service_adaptive_batch_size_count", method_name="score")
-    scored = _metric(client, "bentoml_service_adaptive_batch_size_sum", method_name="score")
+    calls = _metric(client, "fraudstream_scorer_merged_calls_count")
+    scored = _metric(client, "fraudstream_scorer_merged_calls_sum")
     assert scored - before_sum == 300
     assert calls - before < 300, "concurrent requests should share model calls"
 
@@ -219,7 +219,7 @@ def test_metrics_expose_ours_and_bentomls(client):
         "fraudstream_scorer_rejected_requests_total",
         "bentoml_service_request_duration_seconds_bucket",
         "bentoml_service_request_total",
-        "bentoml_service_adaptive_batch_size_bucket",
+        "fraudstream_scorer_merged_calls_bucket",
     ):
         assert name in text, name
     info = [line for line in text.splitlines() if line.startswith("fraudstream_scorer_model_info")]
