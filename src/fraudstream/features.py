@@ -97,7 +97,8 @@ class CardState:
 
     ``step`` must see a card's transactions in time order; a late (out-of-order) transaction is
     handled: its windows only count transactions before it, the aggregates include everything
-    seen so far.
+    seen so far. The per-transaction lists keep only the week before the latest time seen, so the
+    state stays bounded whatever order times come in (a replayed file, a load test that wraps).
     """
 
     __slots__ = (
@@ -140,17 +141,16 @@ class CardState:
         n = self.n
         ts = self.ts
         last_t = self.last_t
-        if last_t is not None and t >= last_t:
-            cut = bisect_right(ts, t - WEEK)
-            if cut:
-                del ts[:cut]
-                del self.amts[:cut]
-                del self.newms[:cut]
-                del self.nights[:cut]
-                del self.bigs[:cut]
-            end = len(ts)
-        else:
-            end = bisect_right(ts, t)
+        in_order = last_t is None or t >= last_t
+        # the lists keep the week before the latest time seen, whatever order times come in
+        cut = bisect_right(ts, (t if in_order else last_t) - WEEK)
+        if cut:
+            del ts[:cut]
+            del self.amts[:cut]
+            del self.newms[:cut]
+            del self.nights[:cut]
+            del self.bigs[:cut]
+        end = len(ts) if in_order else bisect_right(ts, t)
         amts = self.amts
         i7 = bisect_right(ts, t - WEEK, 0, end)
         i24 = bisect_right(ts, t - DAY, i7, end)
@@ -215,7 +215,9 @@ class CardState:
             )
         # remember
         big = n > 0 and amount * n > BIG * self.sum_amt
-        if end == len(ts):
+        if not in_order and t <= last_t - WEEK:
+            pass  # older than the kept week: counts in the aggregates only
+        elif end == len(ts):
             ts.append(t)
             amts.append(amount)
             self.newms.append(1 if new_merchant else 0)

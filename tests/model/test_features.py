@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fraudstream.features import (
+    WEEK,
     CardState,
     build_features,
     events_from_frame,
@@ -128,3 +129,30 @@ def test_state_survives_serialisation_exactly(stream):
     run_events(events[:half], states)
     copies = {k: CardState.from_dict(s.to_dict()) for k, s in states.items()}
     assert run_events(events[half:], copies) == run_events(events[half:], states)
+
+
+def test_state_keeps_only_the_week_before_the_latest_time_when_times_go_back():
+    # a replayed file or a load test that wraps sends a card's month again: times go back, and
+    # this time never reach the latest time seen again (the last hour is missing). The kept lists
+    # must hold only the week before the latest time (each pass adds its own last week: at most
+    # 3 x 168 hourly entries), not every late transaction of the later passes.
+    start = datetime(2020, 7, 1).timestamp()
+    month = [(start + i * 3600.0, 10.0 + i % 7, i % 5, 1000 + i % 40, i % 24) for i in range(720)]
+    state = CardState()
+    for events in (month, month[:-1], month[:-1]):
+        for event in events:
+            state.step(*event)
+    assert state.n == 3 * 720 - 2
+    assert len(state.ts) <= 3 * 168
+    assert len(state.ts) == len(state.amts) == len(state.newms) == len(state.nights)
+    assert max(state.ts) - min(state.ts) < WEEK
+
+
+def test_a_transaction_older_than_the_kept_week_counts_only_in_the_aggregates():
+    state = CardState()
+    t = datetime(2020, 7, 10).timestamp()
+    state.step(t, 50.0, 0, 1, 12)
+    features = state.step(t - 10 * 86400.0, 20.0, 0, 2, 12)  # ten days late
+    assert features[0] == 1.0  # one transaction before it, in the aggregates
+    assert features[1:4] == (0.0, 0.0, 0.0)  # none of its windows holds the later one
+    assert state.n == 2 and len(state.ts) == 1
