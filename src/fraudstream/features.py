@@ -17,6 +17,7 @@ computed in seconds from their microsecond value.
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from bisect import bisect_right
@@ -265,6 +266,7 @@ class CardState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CardState:
+        """The state ``to_dict`` gave (or its JSON, decoded); numbers are taken as they are."""
         state = cls()
         state.n = int(data["n"])
         state.sum_amt = float(data["sum_amt"])
@@ -272,16 +274,24 @@ class CardState:
         state.sum_log2 = float(data["sum_log2"])
         state.last_t = None if data["last_t"] is None else float(data["last_t"])
         state.first_t = None if data["first_t"] is None else float(data["first_t"])
-        state.ts = [float(v) for v in data["ts"]]
-        state.amts = [float(v) for v in data["amts"]]
-        state.newms = [int(v) for v in data["newms"]]
-        state.nights = [int(v) for v in data["nights"]]
-        state.bigs = [int(v) for v in data["bigs"]]
-        state.hours = [int(v) for v in data["hours"]]
-        state.cat_n = [int(v) for v in data["cat_n"]]
-        state.cat_sum = [float(v) for v in data["cat_sum"]]
-        state.merchants = {int(v) for v in data["merchants"]}
+        state.ts = list(data["ts"])
+        state.amts = list(data["amts"])
+        state.newms = list(data["newms"])
+        state.nights = list(data["nights"])
+        state.bigs = list(data["bigs"])
+        state.hours = list(data["hours"])
+        state.cat_n = list(data["cat_n"])
+        state.cat_sum = list(data["cat_sum"])
+        state.merchants = set(data["merchants"])
         return state
+
+    def to_json(self) -> str:
+        """Compact JSON of :meth:`to_dict` (what the PostgreSQL store keeps)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CardState:
+        return cls.from_dict(json.loads(text))
 
 
 # (card key, seconds, amount, category index, merchant code, hour)

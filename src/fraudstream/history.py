@@ -11,7 +11,6 @@ indices, merchant codes and hours are kept; never names, streets or home coordin
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -100,7 +99,7 @@ class InMemoryHistoryStore(HistoryStore):
 
 
 class PostgresHistoryStore(HistoryStore):
-    """History in PostgreSQL (tables of migration ``0001_card_history``), shared by replicas.
+    """History in PostgreSQL (tables of migrations ``0001``/``0003``), shared by replicas.
 
     Each :meth:`apply` is one transaction that locks the rows of the cards involved
     (``SELECT ... FOR UPDATE`` in key order), so concurrent scorers never lose an update.
@@ -144,7 +143,7 @@ class PostgresHistoryStore(HistoryStore):
                     " ORDER BY card_key FOR UPDATE",
                     (keys,),
                 )
-                states = {key: CardState.from_dict(state) for key, state in cur.fetchall() if state}
+                states = {key: CardState.from_json(state) for key, state in cur.fetchall() if state}
                 cur.execute(
                     "SELECT transaction_id, features FROM card_history_seen"
                     " WHERE transaction_id = ANY(%s)",
@@ -169,9 +168,9 @@ class PostgresHistoryStore(HistoryStore):
             return
         execute_values(
             cur,
-            "UPDATE card_history AS h SET state = v.state::jsonb, updated_at = now()"
+            "UPDATE card_history AS h SET state = v.state, updated_at = now()"
             " FROM (VALUES %s) AS v(card_key, state) WHERE h.card_key = v.card_key",
-            [(k, json.dumps(states[k].to_dict())) for k in touched],
+            [(k, states[k].to_json()) for k in touched],
             page_size=1000,
         )
         execute_values(

@@ -127,7 +127,7 @@ def test_state_survives_serialisation_exactly(stream):
     half = len(events) // 2
     states: dict[str, CardState] = {}
     run_events(events[:half], states)
-    copies = {k: CardState.from_dict(s.to_dict()) for k, s in states.items()}
+    copies = {k: CardState.from_json(s.to_json()) for k, s in states.items()}
     assert run_events(events[half:], copies) == run_events(events[half:], states)
 
 

@@ -55,7 +55,7 @@ def test_postgres_store_is_idempotent_and_keeps_no_personal_data(pg_url, events)
         with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM card_history_seen")
             assert cur.fetchone()[0] == 2
-            cur.execute("SELECT sum((state->>'n')::int) FROM card_history")
+            cur.execute("SELECT sum((state::jsonb->>'n')::int) FROM card_history")
             assert cur.fetchone()[0] == 2
             cur.execute("SELECT card_key, state::text FROM card_history")
             dumped = " ".join(f"{k} {s}" for k, s in cur.fetchall())
