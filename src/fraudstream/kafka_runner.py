@@ -6,6 +6,8 @@ batch) is a plain callable ``step(records) -> None`` that performs its side effe
 or raises. Offsets (``offset + 1``) are marked done only after the step returns and committed
 at most every ``commit_interval_ms``, on every revocation and once more on shutdown. A lost
 commit only means a batch is processed again, so every side effect downstream is idempotent.
+The lag gauge has a series per partition this consumer owns: a revoked or lost partition's
+series goes at once, so the lag summed over a group's members counts each partition once.
 
 SIGTERM / SIGINT set a flag: the loop finishes the batch in hand, commits and closes. A step
 that is waiting (e.g. for a scorer that is down) raises :class:`ShutdownRequestedError` when
@@ -116,6 +118,12 @@ class ConsumerMetrics:
         )
         metrics.errors.labels("commit")  # a series at 0 from the start, so dashboards see 0
         return metrics
+
+    def forget_lag(self, partitions: Any) -> None:
+        """Drop the lag series of ``partitions`` (TopicPartitions this consumer no longer owns):
+        their new owner reports them, and a stale value would be summed with its."""
+        for tp in partitions:
+            self.lag.remove(tp.topic, str(tp.partition))
 
 
 def start_metrics_server(port: int) -> None:
@@ -246,6 +254,7 @@ class BatchRunner:
         self._done: dict[Any, int] = {}  # TopicPartition -> next offset to read (processed)
         self._committed: dict[Any, int] = {}
         self._resume: dict[Any, int] = {}  # partition -> first dropped offset (see the listener)
+        self._owned: set[Any] = set()  # partitions assigned and not revoked since (lag is theirs)
         self._last_commit = time.monotonic()
         self._last_lag = 0.0
         self.processed = 0
@@ -258,6 +267,7 @@ class BatchRunner:
 
         class Listener(AsyncConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Any) -> None:
+                runner._disown(set(revoked))
                 offsets = runner._take_offsets(set(revoked), discard=True)
                 if offsets:
                     try:
@@ -273,16 +283,27 @@ class BatchRunner:
                 # records we dropped from the buffer, so go back to the first of them.
                 with runner._lock:
                     resume, runner._resume = runner._resume, {}
+                    runner._owned |= set(assigned)
                 for tp in assigned:
                     if tp in resume:
                         runner.consumer.seek(tp, resume[tp])
+                runner._last_lag = 0.0  # report the new partitions' lag at the next chance
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
             async def on_partitions_lost(self, lost: Any) -> None:
+                runner._disown(set(lost))
                 runner._take_offsets(set(lost), discard=True)
                 log.warning("partitions lost: %s", sorted(tp.partition for tp in lost))
 
         return Listener()
+
+    def _disown(self, partitions: set[Any]) -> None:
+        """Revoked or lost: stop reporting their lag (under the lock, so a lag update that
+        started before the rebalance cannot bring a series back, see ``_housekeeping``)."""
+        with self._lock:
+            self._owned -= partitions
+            if self.metrics is not None:
+                self.metrics.forget_lag(partitions)
 
     def _take_offsets(self, partitions: set[Any], discard: bool) -> dict[Any, Any]:
         """Done-but-uncommitted offsets of ``partitions``; drop their buffered records."""
@@ -387,9 +408,14 @@ class BatchRunner:
                     position = self._done.get(tp)
                 if position is None:
                     position = self.consumer.position(tp, timeout_ms=1000)
-                if position is not None:
-                    lag = max(0, high - position)
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+                if position is None:
+                    continue
+                with self._lock:
+                    # the listener (on the consumer's IO thread) may have revoked it meanwhile
+                    if tp in self._owned:
+                        self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                            max(0, high - position)
+                        )
         except Exception as err:  # noqa: BLE001 - lag is best effort
             log.debug("lag update failed: %r", err)
 
@@ -455,6 +481,72 @@ def run_to_exit_code(runner: BatchRunner, name: str, closers: Sequence[Any]) -> 
             closer.close()
     log.info("%s stopped cleanly", name)
     return 0
+
+
+@dataclass
+class ConsumerParts:
+    """What :func:`run_consumer` hands a component to build its step from."""
+
+    stop: threading.Event  # set by SIGTERM/SIGINT
+    producer: Any  # make_producer(); closed by run_consumer
+    metrics: ConsumerMetrics
+    dead_letters: Any  # dlq.DeadLetters on TOPIC_DLQ, guarded by DLQ_MAX_RATIO / DLQ_WINDOW
+
+
+def run_consumer(
+    name: str,
+    topic: str,
+    build: Callable[[ConsumerParts], tuple[Step, Sequence[Any]]],
+    *,
+    group_id: str,
+    group_instance_id: str,
+    batch_size: int,
+    batch_max_wait_ms: int,
+    commit_interval_ms: int,
+    metrics_port: int,
+    **start_info: str,
+) -> int:
+    """A consumer process (``fraudstream bridge``, ``writer``) from start to exit code.
+
+    Sets up logging, the ``fraudstream_<name>_...`` metrics, the signal handlers, a producer
+    and the DLQ; ``build(parts)`` returns the component's step (creating its own metrics too)
+    and its own clients to close when the consumer stops. Then serves ``/metrics`` and
+    ``/healthz`` on ``metrics_port`` (0 = off), consumes ``topic`` in ``group_id``
+    (``group_instance_id``: static membership, "" = none), logs "<name> starting" with
+    ``start_info`` and returns :func:`run_to_exit_code`'s exit code.
+    """
+    from fraudstream.dlq import DeadLetters
+    from fraudstream.logs import setup_logging
+    from fraudstream.settings import BridgeSettings, KafkaSettings, LogSettings
+
+    logs = LogSettings()
+    setup_logging(logs.log_level, logs.log_format)
+    kafka = KafkaSettings()
+    metrics = ConsumerMetrics.create(name)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    producer = make_producer(kafka.kafka_bootstrap_servers)
+    guard = BridgeSettings()  # DLQ_MAX_RATIO / DLQ_WINDOW apply to every consumer
+    dead_letters = DeadLetters(
+        producer, kafka.topic_dlq, guard.dlq_max_ratio, guard.dlq_window, metrics
+    )
+    step, closers = build(ConsumerParts(stop, producer, metrics, dead_letters))
+    start_metrics_server(metrics_port)  # once every metric exists: no scrape sees only some
+    consumer = make_consumer(
+        kafka.kafka_bootstrap_servers, group_id, group_instance_id=group_instance_id or None
+    )
+    runner = BatchRunner(
+        consumer,
+        topic,
+        step,
+        batch_size=batch_size,
+        max_wait_ms=batch_max_wait_ms,
+        commit_interval_ms=commit_interval_ms,
+        stop=stop,
+        metrics=metrics,
+    )
+    log.info("%s starting", name, extra={"topic_in": topic, "group_id": group_id, **start_info})
+    return run_to_exit_code(runner, name, [*closers, producer])
 
 
 def _tp(record: Any) -> Any:

@@ -49,10 +49,41 @@ def requests(endpoint: str, code: str, per_step: int) -> str:
     )
 
 
+def exporter(
+    members: str,
+    committed: str,
+    lag: str,
+    group: str = "fraudstream-bridge",
+    ns: str = NS,
+    pod: str = "kafka-exporter-1",
+) -> list[str]:
+    """kafka-exporter's series of one consumer group on 2 partitions of `transactions`: member
+    count, committed offset and lag per partition (promqltest values, the same on each)."""
+    group_labels = f'{ns}, pod="{pod}", consumergroup="{group}"'
+    out = [f"kafka_consumergroup_members{{{group_labels}}} {members}"]
+    for partition in (0, 1):
+        labels = f'{group_labels}, topic="transactions", partition="{partition}"'
+        out += [
+            f"kafka_consumergroup_current_offset{{{labels}}} {committed}",
+            f"kafka_consumergroup_lag{{{labels}}} {lag}",
+        ]
+    return out
+
+
+def bridge_lag(values: str, partition: int = 0) -> str:
+    """The bridge's own lag gauge of one partition."""
+    return (
+        f'fraudstream_bridge_consumer_lag{{{NS}, pod="b1", topic="transactions", '
+        f'partition="{partition}"}} {values}'
+    )
+
+
 OUT = f'fraudstream_bridge_messages_out_total{{{NS}, pod="b1"}}'
 INSERTED = f'fraudstream_writer_rows_inserted_total{{{NS}, pod="w1"}}'
 DUPLICATE = f'fraudstream_writer_rows_duplicate_total{{{NS}, pod="w1"}}'
 NOT_WRITTEN = "FraudScoresNotWritten"
+NOT_CONSUMING = "FraudBridgeNotConsuming"
+LAG_HIGH = "FraudBridgeConsumerLagHigh"
 
 SCENARIOS = [
     Scenario(
@@ -115,9 +146,67 @@ SCENARIOS = [
         [("FraudRateSpike", "20m", True)],
     ),
     Scenario(
-        "20,000 records behind",
-        [f'fraudstream_bridge_consumer_lag{{{NS}, topic="transactions", partition="0"}} 20000x80'],
-        [("FraudBridgeConsumerLagHigh", "10m", True)],
+        "20,000 records behind (the bridge's own gauge, no kafka-exporter)",
+        [bridge_lag("20000x80")],
+        [(LAG_HIGH, "10m", True)],
+    ),
+    # kafka-exporter: lag measured at the broker, still there when no bridge runs
+    Scenario(
+        "the bridge's group consumes: a member, offsets committed, a little lag",
+        [*exporter("1x80", "0+100x80", "20x80"), bridge_lag("20x80")],
+        [(NOT_CONSUMING, "10m", False), (LAG_HIGH, "10m", False)],
+    ),
+    Scenario(
+        "every bridge down from 5m: the group has no member, its lag grows, its gauges are gone",
+        [
+            *exporter("1x20 0x60", "0+100x20 2000x60", "20x20 20+100x60"),
+            bridge_lag("20x20", 0),
+            bridge_lag("20x20", 1),
+        ],
+        [
+            (NOT_CONSUMING, "4m", False),
+            (NOT_CONSUMING, "10m", True),
+            (LAG_HIGH, "10m", False),
+            (LAG_HIGH, "20m", True),  # 2 x 5,920 behind, counted by the exporter alone
+        ],
+    ),
+    Scenario(
+        "a bridge in the group but stuck from 3m: nothing committed, lag grows",
+        [*exporter("1x80", "0+100x12 1200x68", "0x12 0+50x68")],
+        [(NOT_CONSUMING, "5m", False), (NOT_CONSUMING, "10m", True)],
+    ),
+    Scenario(
+        "the bridge scaled to 0 on an idle topic: nothing behind",
+        [*exporter("0x80", "500x80", "0x80")],
+        [(NOT_CONSUMING, "10m", False)],
+    ),
+    Scenario(
+        "no offset committed yet (lag -1)",
+        [*exporter("0x80", "-1x80", "-1x80")],
+        [(NOT_CONSUMING, "10m", False), (LAG_HIGH, "10m", False)],
+    ),
+    Scenario(
+        "another consumer group is down and far behind",
+        [*exporter("0x80", "500x80", "20000+100x80", group="fraudstream-writer")],
+        [(NOT_CONSUMING, "10m", False), (LAG_HIGH, "10m", False)],
+    ),
+    Scenario(
+        "an exporter of another namespace's Kafka",
+        [*exporter("0x80", "500x80", "20000+100x80", ns='namespace="other"')],
+        [(NOT_CONSUMING, "10m", False), (LAG_HIGH, "10m", False)],
+    ),
+    Scenario(
+        "two exporters scrape the group: each partition counted once (2 x 3,000)",
+        [
+            *exporter("1x80", "0+100x80", "3000x80", pod="kafka-exporter-1"),
+            *exporter("1x80", "0+100x80", "3000x80", pod="kafka-exporter-2"),
+        ],
+        [(LAG_HIGH, "10m", False)],
+    ),
+    Scenario(
+        "a bridge gauge says 20,000 (a stale series) and the exporter says 20: the exporter wins",
+        [*exporter("1x80", "0+100x80", "10x80"), bridge_lag("20000x80")],
+        [(LAG_HIGH, "10m", False)],
     ),
 ]
 

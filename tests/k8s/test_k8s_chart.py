@@ -746,6 +746,7 @@ def test_prometheus_rule_has_the_promised_alerts() -> None:
         "FraudScorerBatchLatencyHigh",
         "FraudRateSpike",
         "FraudBridgeConsumerLagHigh",
+        "FraudBridgeNotConsuming",
         "FraudScoresNotWritten",
         "FraudDeadLetterQueueGrowing",
         "FraudScorerDown",
@@ -783,6 +784,41 @@ def test_scores_not_written_needs_traffic_and_survives_a_writer_at_zero() -> Non
     assert re.fullmatch(r"[0-9]+[sm]", alert["for"]) and alert["for"] in {"1m", "2m", "3m"}
     objects = render(sets=("writer.enabled=false",))
     assert "FraudScoresNotWritten" not in {a["alert"] for a in alerts_of(objects)}
+
+
+def test_bridge_lag_alerts_use_kafka_exporter_of_the_bridges_group() -> None:
+    """Lag measured at the broker (kafka-exporter) of the bridge's own group and topic, picked
+    by `kafkaExporterSelector` (default: the release namespace); the lag alert falls back to the
+    bridge's gauges without the exporter, and the not-consuming alert needs it."""
+    sets = (
+        "bridge.groupId=g-1",
+        "kafka.topics.transactions=tx-1",
+        r'prometheusRule.kafkaExporterSelector=namespace="kafka"\, job="kafka-exporter"',
+    )
+    for objects, selector, topic in [
+        (
+            render(),
+            'consumergroup="fraudstream-bridge", namespace="fraudstream"',
+            'topic="transactions"',
+        ),
+        (
+            render(sets=sets),
+            'consumergroup="g-1", namespace="kafka", job="kafka-exporter"',
+            'topic="tx-1"',
+        ),
+    ]:
+        alerts = {a["alert"]: a for a in alerts_of(objects)}
+        lag, idle = alerts["FraudBridgeConsumerLagHigh"], alerts["FraudBridgeNotConsuming"]
+        assert f"kafka_consumergroup_lag{{{selector}, {topic}}}" in lag["expr"]
+        assert "or on ()" in lag["expr"] and "fraudstream_bridge_consumer_lag" in lag["expr"]
+        assert f"kafka_consumergroup_members{{{selector}}}" in idle["expr"]
+        assert f"kafka_consumergroup_current_offset{{{selector}, {topic}}}[5m]" in idle["expr"]
+        assert "fraudstream_" not in idle["expr"], "it must not depend on the bridge's own series"
+        assert idle["labels"]["severity"] == "critical" and idle["for"] == "3m"
+    with pytest.raises(AssertionError, match="kafkaExporterSelector"):
+        render(sets=("prometheusRule.kafkaExporterSelector=namespace=kafka",))
+    minimal = {a["alert"] for a in alerts_of(render(values=scenario_values("minimal-values.yaml")))}
+    assert "FraudBridgeNotConsuming" not in minimal
 
 
 def test_every_consumer_has_a_down_alert_and_a_dlq_alert() -> None:

@@ -92,7 +92,8 @@ def test_infra_chart_lints() -> None:
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_infra_objects_validate_strictly(version: str) -> None:
     objects = infra(version)
-    assert {o["kind"] for o in objects} == {"Service", "StatefulSet", "Secret"}
+    kinds = {"Service", "StatefulSet", "Secret", "Deployment", "ServiceMonitor"}
+    assert {o["kind"] for o in objects} == kinds
     for obj in objects:
         validate_object(obj, version)
 
@@ -190,6 +191,80 @@ def test_postgres_from_the_official_image_with_pg_isready() -> None:
     secret = named(objects, "Secret", ref["name"])
     assert ref["key"] in secret["data"]
     assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")
+
+
+def test_kafka_exporter_measures_lag_at_the_broker_and_is_scraped() -> None:
+    """The external lag exporter of k8s/infra: a pinned danielqsj/kafka-exporter that reads the
+    infra Kafka, runs locked down, and is scraped by a ServiceMonitor through its Service."""
+    objects = infra()
+    deploy = named(objects, "Deployment", "kafka-exporter")
+    spec = pod_spec(deploy)
+    (c,) = containers(deploy)
+    assert re.fullmatch(r"danielqsj/kafka-exporter:v\d+\.\d+\.\d+", c["image"]), c["image"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in c["args"])
+    host, port = args["kafka.server"].rsplit(":", 1)
+    _service_port(objects, host, int(port))
+    # a protocol level both Kafka 4 (it refuses the oldest request versions) and the exporter's
+    # client library (sarama 1.45: up to 4.0.0) speak
+    assert (3, 0) <= tuple(int(x) for x in args["kafka.version"].split(".")[:2]) <= (4, 0)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(c["resources"]["limits"]) & set(c["resources"]["requests"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    svc = named(objects, "Service", "kafka-exporter")
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    # no other Service of the chart picks the exporter's pods (nor the exporter's the others')
+    for other in by_kind(objects, "Service"):
+        if other is not svc:
+            assert not other["spec"]["selector"].items() <= pod_labels.items()
+    (port_def,) = svc["spec"]["ports"]
+    assert port_def["targetPort"] in {p["name"] for p in c["ports"]}
+    monitor = named(objects, "ServiceMonitor", "kafka-exporter")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert [ep["port"] for ep in monitor["spec"]["endpoints"]] == [port_def["name"]]
+    # kube-prometheus-stack selects it (every ServiceMonitor of every namespace)
+    prom = kps_values()["prometheus"]["prometheusSpec"]
+    assert prom["serviceMonitorSelectorNilUsesHelmValues"] is False
+    assert not prom["serviceMonitorSelector"] and prom["serviceMonitorNamespaceSelector"] == {}
+
+
+def test_kafka_exporter_is_optional() -> None:
+    names = {(o["kind"], o["metadata"]["name"]) for o in infra()}
+    assert ("Deployment", "kafka-exporter") in names, "on by default: the kind/dev setup"
+    off = render(chart=INFRA_CHART, sets=("kafkaExporter.enabled=false",))
+    assert not [o for o in off if "exporter" in o["metadata"]["name"]]
+    assert {o["kind"] for o in off} == {"Service", "StatefulSet", "Secret"}
+    unmonitored = render(chart=INFRA_CHART, sets=("kafkaExporter.serviceMonitor.enabled=false",))
+    assert not by_kind(unmonitored, "ServiceMonitor")
+    assert named(unmonitored, "Deployment", "kafka-exporter")
+
+
+def test_bridge_alerts_select_the_exporter_and_group_skaffold_installs() -> None:
+    """The chart's exporter alerts pick the exporter's series by the namespace its targets get
+    (the infra release's) and by the bridge's consumer group and topic as the chart sets them."""
+    release = skaffold_release("fraudstream")
+    objects = render(sets=skaffold_sets(release))
+    config = named(objects, "ConfigMap", "fraudstream-bridge")["data"]
+    exprs = [
+        r["expr"]
+        for rule in by_kind(objects, "PrometheusRule")
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if "kafka_consumergroup_" in r["expr"]
+    ]
+    assert len(exprs) == 2, "FraudBridgeConsumerLagHigh and FraudBridgeNotConsuming"
+    infra_ns = skaffold_release("infra")["namespace"]
+    for expr in exprs:
+        for selector in re.findall(r"kafka_consumergroup_\w+\{([^}]*)\}", expr):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+            assert labels["namespace"] == infra_ns
+            assert labels["consumergroup"] == config["BRIDGE_GROUP_ID"]
+            assert labels.get("topic", config["TOPIC_TRANSACTIONS"]) == config["TOPIC_TRANSACTIONS"]
 
 
 def test_no_bitnami_images_anywhere() -> None:

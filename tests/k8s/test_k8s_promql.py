@@ -194,6 +194,11 @@ EXTERNAL_METRICS = {
     "kube_deployment_status_replicas_available": "kube-state-metrics",
     "kube_horizontalpodautoscaler_status_desired_replicas": "kube-state-metrics",
     "kube_horizontalpodautoscaler_spec_max_replicas": "kube-state-metrics",
+    # danielqsj/kafka-exporter v1.9.0 (k8s/infra `kafkaExporter`; names and labels as in its
+    # kafka_exporter.go): the bridge's lag measured at the broker, also while no bridge runs
+    "kafka_consumergroup_lag": "kafka-exporter: {consumergroup, topic, partition}",
+    "kafka_consumergroup_current_offset": "kafka-exporter: {consumergroup, topic, partition}",
+    "kafka_consumergroup_members": "kafka-exporter: {consumergroup}",
 }
 
 
