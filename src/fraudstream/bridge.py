@@ -15,14 +15,16 @@ One consumer group on ``transactions``. For each batch (``BRIDGE_BATCH_SIZE`` re
    - any other error (e.g. 500) ``SCORER_MAX_ATTEMPTS`` times in a row for the same batch: a
      record may make the scorer fail; halve the batch until it is found, it goes to the DLQ as
      ``scorer_error``;
-   - 401/403/404/405/415, a redirect, a 4xx without ``reason``, a malformed answer: this is not
-     our scorer or not its API (a broken deployment); stop with exit code 4, nothing skipped.
+   - 401/403/404/405/415, a redirect, a 4xx without ``reason``, a malformed answer (one that
+     does not fit the result contract too): this is not our scorer or not its API (a broken
+     deployment); stop with exit code 4, nothing skipped.
 
    A record is blamed only when the scorer still scores a known-good transaction (the last one
    it accepted, re-scored: idempotent on its id); if it fails that too, the scorer is broken and
    the bridge waits; if it rejects it too, the deployment is, and the bridge stops (exit 4);
-3. produces one result per transaction to ``scoring`` (key = transaction_id) and waits until
-   every record is acknowledged (acks=all, idempotent producer).
+3. produces one result per transaction to ``scoring`` (key = transaction_id; the value is a
+   :class:`fraudstream.scored_transaction.ScoredTransaction` as JSON) and waits until every
+   record is acknowledged (acks=all, idempotent producer).
 
 Poison of both kinds counts once per record in the DLQ ratio guard, judged before anything is
 sent. Only then are the batch's offsets marked done; :mod:`fraudstream.kafka_runner` commits
@@ -44,7 +46,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fraudstream import health
-from fraudstream.kafka_runner import ConsumerHaltError, ShutdownRequestedError, backoff_delays
+from fraudstream.kafka_runner import (
+    ConsumerHaltError,
+    ConsumerParts,
+    ShutdownRequestedError,
+    backoff_delays,
+)
+from fraudstream.scored_transaction import ScoredTransaction
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +65,6 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429, 502, 503, 504})
 DEPLOYMENT_STATUSES = frozenset({401, 403, 404, 405, 407, 415})
 # Scored when nothing else has been yet, to tell "the scorer is broken" from "a record breaks it".
 CANARY_ID = "fraudstream-bridge-canary"
-
-
-def iso_utc(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
 
 class ScorerRejectedError(Exception):
@@ -244,10 +248,9 @@ class BridgeStep:
         metrics: Any = None,  # kafka_runner.ConsumerMetrics
         max_attempts: int = 5,
     ) -> None:
-        from fraudstream.schema import EXAMPLE_TRANSACTION, TIME_FORMAT, Transaction
+        from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
 
         self.Transaction = Transaction
-        self.time_format = TIME_FORMAT
         self.scorer = scorer
         self.producer = producer
         self.scoring_topic = scoring_topic
@@ -304,21 +307,22 @@ class BridgeStep:
         results, failed = self._score(valid)
         for item, error_type, error in failed:
             poison[item.index] = (error_type, error)
+        scored_at = datetime.now(UTC)
+        scored = [self._scored(item, result, scored_at) for item, result in results]
         # The guard, each record counted once, before any side effect: a batch that trips it
         # stays uncommitted.
         self.dlq.check([i in poison for i in range(len(records))])
         futures = [self.dlq.send(records[i], *poison[i]) for i in sorted(poison)]
 
-        scored_at = iso_utc(time.time())
         # Keys are unique ids, so any stable hash spreads them; crc32 is C, murmur2 here is not.
         partitions = sorted(self.producer.partitions_for(self.scoring_topic))
-        for item, result in results:
-            key = item.transaction_id.encode()
+        for result in scored:
+            key = result.transaction_id.encode()
             futures.append(
                 self.producer.send(
                     self.scoring_topic,
                     key=key,
-                    value=self._result_value(item, result, scored_at),
+                    value=result.model_dump_json().encode(),
                     partition=partitions[zlib.crc32(key) % len(partitions)],
                 )
             )
@@ -326,27 +330,37 @@ class BridgeStep:
 
         wait_delivered(self.producer, futures)
         if self.metrics:
-            self.metrics.messages_out.inc(len(results))
+            self.metrics.messages_out.inc(len(scored))
 
-    def _result_value(self, item: _Valid, result: dict, scored_at: str) -> bytes:
+    def _scored(self, item: _Valid, result: dict, scored_at: datetime) -> ScoredTransaction:
+        """The result contract for ``item``: the scorer's answer and the transaction's
+        non-personal fields. An answer that does not fit it is no record's fault: the scorer is
+        not ours or not its API (:class:`ScorerDeploymentError`)."""
+        from pydantic import ValidationError
+
         tx = item.tx
-        return json.dumps(
-            {
-                "transaction_id": item.transaction_id,
-                "score": result["score"],
-                "fraud_flag": result["fraud_flag"],
-                "threshold": result["threshold"],
-                "model_version": result["model_version"],
-                "reasons": result.get("reasons") or [],
-                "amount": tx.amount,
-                "category": tx.cat_id,
-                "merchant": tx.merch,
-                "event_time": tx.transaction_time.strftime(self.time_format),
-                "produced_at": iso_utc(item.record.timestamp / 1000),
-                "scored_at": scored_at,
-            },
-            separators=(",", ":"),
-        ).encode()
+        try:
+            return ScoredTransaction(
+                transaction_id=item.transaction_id,
+                score=result.get("score"),
+                fraud_flag=result.get("fraud_flag"),
+                threshold=result.get("threshold"),
+                model_version=result.get("model_version"),
+                reasons=result.get("reasons") or [],
+                amount=tx.amount,
+                category=tx.cat_id,
+                merchant=tx.merch,
+                event_time=tx.transaction_time,
+                produced_at=datetime.fromtimestamp(item.record.timestamp / 1000, UTC),
+                scored_at=scored_at,
+            )
+        except ValidationError as err:
+            errors = err.errors(include_url=False, include_input=False)
+            fields = ", ".join(sorted({str(e["loc"][0]) for e in errors if e["loc"]}))
+            raise ScorerDeploymentError(
+                f"the scorer answered 200 with a result that does not fit the result contract "
+                f"({fields}): not its API?"
+            ) from err
 
     def _score(self, items: list[_Valid]) -> tuple[Scored, Failed]:
         """Score ``items`` with the full retry budget; find the records to blame if it fails.
@@ -431,86 +445,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fraudstream.dlq import DeadLetters
-    from fraudstream.kafka_runner import (
-        BatchRunner,
-        ConsumerMetrics,
-        install_signal_handlers,
-        make_consumer,
-        make_producer,
-        run_to_exit_code,
-        start_metrics_server,
-    )
-    from fraudstream.logs import setup_logging
-    from fraudstream.settings import BridgeSettings, KafkaSettings, LogSettings
+    from fraudstream.kafka_runner import run_consumer
+    from fraudstream.settings import BridgeSettings, KafkaSettings
 
-    logs = LogSettings()
-    setup_logging(logs.log_level, logs.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     kafka = KafkaSettings()
     settings = BridgeSettings()
     scorer_url = args.scorer_url or settings.scorer_url
-    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
 
-    from prometheus_client import Counter, Histogram
+    def build(parts: ConsumerParts) -> tuple[BridgeStep, list[ScorerClient]]:
+        from prometheus_client import Counter, Histogram
 
-    metrics = ConsumerMetrics.create("bridge")
-    bridge_metrics = BridgeMetrics(
-        errors=metrics.errors,
-        retries=Counter("fraudstream_bridge_scorer_retries", "scorer calls retried"),
-        http_latency=Histogram(
-            "fraudstream_bridge_scorer_request_seconds",
-            "HTTP latency of POST /score_batch",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        ),
-    )
-    start_metrics_server(metrics_port)
+        bridge_metrics = BridgeMetrics(
+            errors=parts.metrics.errors,
+            retries=Counter("fraudstream_bridge_scorer_retries", "scorer calls retried"),
+            http_latency=Histogram(
+                "fraudstream_bridge_scorer_request_seconds",
+                "HTTP latency of POST /score_batch",
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            ),
+        )
+        scorer = ScorerClient(
+            scorer_url,
+            timeout_s=settings.scorer_timeout_s,
+            backoff_max_s=settings.scorer_backoff_max_s,
+            stop=parts.stop,
+            max_connections=settings.scorer_max_connections,
+            metrics=bridge_metrics,
+        )
+        step = BridgeStep(
+            scorer,
+            parts.producer,
+            kafka.topic_scoring,
+            parts.dead_letters,
+            parts.metrics,
+            max_attempts=settings.scorer_max_attempts,
+        )
+        return step, [scorer]
 
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    producer = make_producer(kafka.kafka_bootstrap_servers)
-    scorer = ScorerClient(
-        scorer_url,
-        timeout_s=settings.scorer_timeout_s,
-        backoff_max_s=settings.scorer_backoff_max_s,
-        stop=stop,
-        max_connections=settings.scorer_max_connections,
-        metrics=bridge_metrics,
-    )
-    dead_letters = DeadLetters(
-        producer, kafka.topic_dlq, settings.dlq_max_ratio, settings.dlq_window, metrics
-    )
-    step = BridgeStep(
-        scorer,
-        producer,
-        kafka.topic_scoring,
-        dead_letters,
-        metrics,
-        max_attempts=settings.scorer_max_attempts,
-    )
-    consumer = make_consumer(
-        kafka.kafka_bootstrap_servers,
-        settings.bridge_group_id,
-        group_instance_id=settings.bridge_group_instance_id or None,
-    )
-    runner = BatchRunner(
-        consumer,
+    return run_consumer(
+        "bridge",
         kafka.topic_transactions,
-        step,
+        build,
+        group_id=settings.bridge_group_id,
+        group_instance_id=settings.bridge_group_instance_id,
         batch_size=settings.bridge_batch_size,
-        max_wait_ms=settings.bridge_batch_max_wait_ms,
+        batch_max_wait_ms=settings.bridge_batch_max_wait_ms,
         commit_interval_ms=settings.bridge_commit_interval_ms,
-        stop=stop,
-        metrics=metrics,
+        metrics_port=args.metrics_port if args.metrics_port is not None else settings.metrics_port,
+        topic_out=kafka.topic_scoring,
+        scorer_url=scorer_url,
     )
-    log.info(
-        "bridge starting",
-        extra={
-            "topic_in": kafka.topic_transactions,
-            "topic_out": kafka.topic_scoring,
-            "scorer_url": scorer_url,
-            "group_id": settings.bridge_group_id,
-        },
-    )
-    return run_to_exit_code(runner, "bridge", [scorer, producer])

@@ -1,7 +1,8 @@
 """Read side of the ``scores`` table: what the analyst page and tests ask of the results.
 
-Only columns of ``scores`` (no personal data is ever stored there); queries are cheap thanks to
-the primary key and the partial index behind the ``scores_recent_fraud`` view.
+Every column of ``scores`` (:data:`fraudstream.scored_transaction.TABLE_COLUMNS`: the result
+contract's fields, the row id and ``written_at``; no personal data is ever stored there); queries
+are cheap thanks to the primary key and the partial index of flagged rows.
 """
 
 from __future__ import annotations
@@ -11,21 +12,9 @@ from collections.abc import Sequence
 import pandas as pd
 import psycopg2
 
-RESULT_COLUMNS = (
-    "transaction_id",
-    "event_time",
-    "merchant",
-    "category",
-    "amount",
-    "score",
-    "fraud_flag",
-    "threshold",
-    "model_version",
-    "reasons",
-    "scored_at",
-    "written_at",
-)
-_SELECT = ", ".join(RESULT_COLUMNS)
+from fraudstream.scored_transaction import TABLE_COLUMNS
+
+_SELECT = ", ".join(TABLE_COLUMNS)
 
 
 def _query(dsn: str, sql: str, params: Sequence | None = None) -> pd.DataFrame:
@@ -41,12 +30,10 @@ def _query(dsn: str, sql: str, params: Sequence | None = None) -> pd.DataFrame:
 
 
 def latest_frauds(dsn: str, limit: int = 10) -> pd.DataFrame:
-    """The most recently written flagged transactions, newest first."""
+    """The most recently written flagged transactions, newest first (the partial index
+    ``scores_fraud_recent``, as the view ``scores_recent_fraud``)."""
     return _query(
-        dsn,
-        f"SELECT {_SELECT.replace('fraud_flag', 'true AS fraud_flag')} "
-        "FROM scores_recent_fraud LIMIT %s",
-        (limit,),
+        dsn, f"SELECT {_SELECT} FROM scores WHERE fraud_flag ORDER BY id DESC LIMIT %s", (limit,)
     )
 
 
@@ -58,7 +45,7 @@ def latest_scores(dsn: str, limit: int = 100) -> pd.DataFrame:
 def scores_for(dsn: str, transaction_ids: Sequence[str]) -> pd.DataFrame:
     """The stored scores of these transactions (those written so far), in no particular order."""
     if not transaction_ids:
-        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+        return pd.DataFrame(columns=list(TABLE_COLUMNS))
     return _query(
         dsn,
         f"SELECT {_SELECT} FROM scores WHERE transaction_id = ANY(%s)",

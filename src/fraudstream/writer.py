@@ -1,11 +1,12 @@
 """``fraudstream writer``: scoring -> PostgreSQL table ``scores``, idempotent on transaction_id.
 
-One consumer group on ``scoring``. Each batch is validated (:class:`ScoreMessage`), inserted with
-one ``INSERT ... ON CONFLICT (transaction_id) DO NOTHING`` and the database transaction is
-committed; only then are the offsets marked done (and committed by
-:mod:`fraudstream.kafka_runner`). A batch read twice (after a crash or a lost commit) inserts
-nothing the second time. While PostgreSQL is away the writer reconnects with exponential
-backoff and retries the same batch for as long as it takes.
+One consumer group on ``scoring``. Each batch is validated (the result contract,
+:class:`fraudstream.scored_transaction.ScoredTransaction`), inserted with one
+``INSERT ... ON CONFLICT (transaction_id) DO NOTHING`` and the database transaction is committed;
+only then are the offsets marked done (and committed by :mod:`fraudstream.kafka_runner`). A batch
+read twice (after a crash or a lost commit) inserts nothing the second time. While PostgreSQL is
+away the writer reconnects with exponential backoff and retries the same batch for as long as it
+takes.
 
 Records that can never be stored go to the DLQ topic (:mod:`fraudstream.dlq`) with their
 original bytes, as in the bridge: not JSON, missing fields or control characters (``invalid``),
@@ -19,105 +20,25 @@ so does the DLQ ratio guard when most rows are refused (exit 3). The table is cr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from fraudstream.kafka_runner import ShutdownRequestedError, backoff_delays
-from fraudstream.schema import (
-    CONTROL_CHARACTERS,
-    NOT_PRINTABLE_MESSAGE,
-    PRINTABLE,
-    error_message,
-)
+from fraudstream.kafka_runner import ConsumerParts, ShutdownRequestedError, backoff_delays
+from fraudstream.schema import error_message
+from fraudstream.scored_transaction import ScoredTransaction
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "transaction_id",
-    "score",
-    "fraud_flag",
-    "threshold",
-    "model_version",
-    "reasons",
-    "amount",
-    "category",
-    "merchant",
-    "event_time",
-    "produced_at",
-    "scored_at",
-)
+# the fields of the result contract, inserted as they are; PostgreSQL adds id and written_at
 INSERT_SQL = (
-    f"INSERT INTO scores ({', '.join(COLUMNS)}) VALUES %s ON CONFLICT (transaction_id) DO NOTHING"
+    f"INSERT INTO scores ({', '.join(ScoredTransaction.model_fields)}) VALUES %s"
+    " ON CONFLICT (transaction_id) DO NOTHING"
 )
-TEMPLATE = "(%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)"
-
-
-class ScoreMessage(BaseModel):
-    """A value on the ``scoring`` topic (what the bridge produces)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    transaction_id: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
-    score: float = Field(ge=0, le=1)
-    fraud_flag: bool
-    threshold: float
-    model_version: str = Field(max_length=200, pattern=PRINTABLE)
-    reasons: list[dict[str, Any]] = Field(default_factory=list, max_length=100)
-    amount: float
-    category: str = Field(max_length=200, pattern=PRINTABLE)
-    merchant: str = Field(max_length=200, pattern=PRINTABLE)
-    event_time: datetime
-    produced_at: datetime | None = None
-    scored_at: datetime
-
-    @field_validator("reasons")
-    @classmethod
-    def _storable_json(cls, reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """jsonb takes neither NaN/Infinity nor \\u0000: no control characters at all, as
-        everywhere else, and finite numbers only."""
-        for reason in reasons:
-            _check_json(reason)
-        return reasons
-
-    def row(self) -> tuple:
-        return (
-            self.transaction_id,
-            self.score,
-            self.fraud_flag,
-            self.threshold,
-            self.model_version,
-            json.dumps(self.reasons),
-            self.amount,
-            self.category,
-            self.merchant,
-            self.event_time.replace(tzinfo=None),
-            self.produced_at,
-            self.scored_at,
-        )
-
-
-def _check_json(value: Any) -> None:
-    if isinstance(value, str):
-        if CONTROL_CHARACTERS.search(value):
-            raise ValueError(NOT_PRINTABLE_MESSAGE)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("must hold finite numbers only")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_json(key)
-            _check_json(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json(item)
 
 
 class RowsRejectedError(Exception):
@@ -231,7 +152,7 @@ class ScoreStore:
                         log.info("reconnected to PostgreSQL")
                 started = time.perf_counter()
                 with self.conn.cursor() as cur:
-                    execute_values(cur, INSERT_SQL, rows, template=TEMPLATE, page_size=len(rows))
+                    execute_values(cur, INSERT_SQL, rows, page_size=len(rows))
                     inserted = cur.rowcount
                 self.conn.commit()
                 if self.metrics:
@@ -312,7 +233,7 @@ class WriterStep:
         poison: dict[int, tuple[str, str]] = {}  # batch position -> (error_type, error)
         for index, record in enumerate(records):
             try:
-                msg = ScoreMessage.model_validate_json(record.value or b"")
+                msg = ScoredTransaction.model_validate_json(record.value or b"")
             except ValidationError as err:
                 errors = err.errors(include_url=False, include_input=False)
                 kind = "not_json" if errors[0].get("type") == "json_invalid" else "invalid"
@@ -365,66 +286,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fraudstream.dlq import DeadLetters
-    from fraudstream.kafka_runner import (
-        BatchRunner,
-        ConsumerMetrics,
-        install_signal_handlers,
-        make_consumer,
-        make_producer,
-        run_to_exit_code,
-        start_metrics_server,
-    )
-    from fraudstream.logs import setup_logging
-    from fraudstream.settings import (
-        BridgeSettings,
-        DatabaseSettings,
-        KafkaSettings,
-        LogSettings,
-        WriterSettings,
-    )
+    from fraudstream.kafka_runner import run_consumer
+    from fraudstream.settings import DatabaseSettings, KafkaSettings, WriterSettings
 
-    logs = LogSettings()
-    setup_logging(logs.log_level, logs.log_format)
-    kafka = KafkaSettings()
     settings = WriterSettings()
     dsn = args.database_url or DatabaseSettings().database_url
     if not dsn:
-        log.error("no database: set DATABASE_URL or pass --database-url")
+        print("error: no database: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
-    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
-    metrics = ConsumerMetrics.create("writer")
-    writer_metrics = WriterMetrics.create(metrics.errors)
-    start_metrics_server(metrics_port)
 
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    store = ScoreStore(
-        dsn, stop, settings.db_retry_max_s, writer_metrics, max_attempts=settings.db_max_attempts
-    )
-    producer = make_producer(kafka.kafka_bootstrap_servers)
-    guard = BridgeSettings()  # DLQ_MAX_RATIO / DLQ_WINDOW apply to both consumers
-    dead_letters = DeadLetters(
-        producer, kafka.topic_dlq, guard.dlq_max_ratio, guard.dlq_window, metrics
-    )
-    step = WriterStep(store, dead_letters, metrics, writer_metrics)
-    consumer = make_consumer(
-        kafka.kafka_bootstrap_servers,
-        settings.writer_group_id,
-        group_instance_id=settings.writer_group_instance_id or None,
-    )
-    runner = BatchRunner(
-        consumer,
-        kafka.topic_scoring,
-        step,
+    def build(parts: ConsumerParts) -> tuple[WriterStep, list[ScoreStore]]:
+        writer_metrics = WriterMetrics.create(parts.metrics.errors)
+        store = ScoreStore(
+            dsn,
+            parts.stop,
+            settings.db_retry_max_s,
+            writer_metrics,
+            max_attempts=settings.db_max_attempts,
+        )
+        return WriterStep(store, parts.dead_letters, parts.metrics, writer_metrics), [store]
+
+    return run_consumer(
+        "writer",
+        KafkaSettings().topic_scoring,
+        build,
+        group_id=settings.writer_group_id,
+        group_instance_id=settings.writer_group_instance_id,
         batch_size=settings.writer_batch_size,
-        max_wait_ms=settings.writer_batch_max_wait_ms,
+        batch_max_wait_ms=settings.writer_batch_max_wait_ms,
         commit_interval_ms=settings.writer_commit_interval_ms,
-        stop=stop,
-        metrics=metrics,
+        metrics_port=args.metrics_port if args.metrics_port is not None else settings.metrics_port,
     )
-    log.info(
-        "writer starting",
-        extra={"topic_in": kafka.topic_scoring, "group_id": settings.writer_group_id},
-    )
-    return run_to_exit_code(runner, "writer", [store, producer])

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from psycopg2.extras import execute_values
 
 from fraudstream.schema import PERSONAL_FIELDS, Transaction
+from fraudstream.scored_transaction import TABLE_COLUMNS, ScoredTransaction
 
 from .conftest import FRAUDSTREAM, read_topic, topic_env
 
@@ -57,42 +59,55 @@ def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(
         admin.close()
 
 
-def test_migrate_creates_scores_idempotent_on_transaction_id_and_without_personal_data(pg_url):
+def test_the_scores_table_is_the_result_contract_without_personal_data(pg_url):
+    """The migration's ``scores`` columns are the fields of :class:`ScoredTransaction` in order,
+    between PostgreSQL's row id and ``written_at``; only the fields that may be None are
+    nullable."""
     from fraudstream.migrations import migrate
+
+    migrate(pg_url)
+    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT column_name, is_nullable = 'YES' FROM information_schema.columns "
+            "WHERE table_name = 'scores' AND table_schema = current_schema() "
+            "ORDER BY ordinal_position"
+        )
+        columns = dict(cur.fetchall())
+    assert tuple(columns) == TABLE_COLUMNS
+    fields = ScoredTransaction.model_fields
+    assert {c for c, nullable in columns.items() if nullable} == {
+        name for name, field in fields.items() if field.default is None
+    }
+    assert not set(columns) & (PERSONAL_FIELDS | {"street", "first", "last", "name"})
+
+
+def scores_row(tx_id: str, score: float) -> tuple:
+    """The ``scores`` row of a minimal result (flagged from 0.5 on)."""
+    result = {
+        "transaction_id": tx_id,
+        "score": score,
+        "fraud_flag": score >= 0.5,
+        "threshold": 0.5,
+        "model_version": "m:1",
+        "amount": 10,
+        "category": "travel",
+        "merchant": "fraud_X",
+        "event_time": "2020-01-01 10:00:00",
+        "scored_at": "2026-01-01T00:00:00Z",
+    }
+    return ScoredTransaction.model_validate(result).row()
+
+
+def test_migrate_creates_scores_idempotent_on_transaction_id(pg_url):
+    from fraudstream.migrations import migrate
+    from fraudstream.writer import INSERT_SQL
 
     assert "0002_scores" in migrate(pg_url)
     assert migrate(pg_url) == []
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_name = 'scores' AND table_schema = current_schema()"
-        )
-        columns = {r[0] for r in cur.fetchall()}
-        assert {
-            "id",
-            "transaction_id",
-            "score",
-            "fraud_flag",
-            "threshold",
-            "model_version",
-            "reasons",
-            "amount",
-            "category",
-            "merchant",
-            "event_time",
-            "scored_at",
-            "written_at",
-        } <= columns
-        assert not columns & (PERSONAL_FIELDS | {"street", "first", "last", "name"})
-        insert = (
-            "INSERT INTO scores (transaction_id, score, fraud_flag, threshold, model_version,"
-            " reasons, amount, category, merchant, event_time, scored_at)"
-            " VALUES (%s, %s, %s, 0.5, 'm:1', '[]', 10, 'travel', 'fraud_X', now(), now())"
-            " ON CONFLICT (transaction_id) DO NOTHING"
-        )
         for i in range(30):
-            cur.execute(insert, (f"id{i}", i / 30, i % 3 == 0))
-        cur.execute(insert, ("id0", 0.99, True))
+            execute_values(cur, INSERT_SQL, [scores_row(f"id{i}", 0.9 if i % 3 == 0 else 0.1)])
+        execute_values(cur, INSERT_SQL, [scores_row("id0", 0.99)])
         assert cur.rowcount == 0
         cur.execute("SELECT count(*) FROM scores")
         assert cur.fetchone()[0] == 30

@@ -20,7 +20,8 @@ from fraudstream.bridge import (
 from fraudstream.dlq import DeadLetters, DlqRatioExceededError
 from fraudstream.kafka_runner import ShutdownRequestedError
 from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
-from fraudstream.writer import RowsRejectedError, ScoreMessage, WriterStep
+from fraudstream.scored_transaction import ScoredTransaction
+from fraudstream.writer import RowsRejectedError, WriterStep
 
 from .stub_scorer import REJECT_MERCHANT, serve, stub_score
 
@@ -90,20 +91,7 @@ def test_bridge_step_scores_and_publishes_every_field(stub_url):
     out = [json.loads(m["value"]) for m in producer.sent if m["topic"] == "scoring"]
     assert [m["transaction_id"] for m in out] == [f"tx-{i}" for i in range(5)]
     first = out[0]
-    assert set(first) == {
-        "transaction_id",
-        "score",
-        "fraud_flag",
-        "threshold",
-        "model_version",
-        "reasons",
-        "amount",
-        "category",
-        "merchant",
-        "event_time",
-        "produced_at",
-        "scored_at",
-    }
+    assert list(first) == list(ScoredTransaction.model_fields)
     assert first["score"] == stub_score({"transaction_id": "x", "amount": 100.0})["score"]
     assert first["event_time"] == EXAMPLE_TRANSACTION["transaction_time"]
     assert first["category"] == "shopping_net" and first["merchant"].startswith("fraud_")
@@ -275,7 +263,7 @@ def test_writer_step_validates_and_is_idempotent():
     assert [m["headers"]["source_offset"] for m in producer.sent] == [b"10", b"10"]
     row = store.rows["id0"]
     assert row[5] == json.dumps(msg["reasons"]) and str(row[9]) == "2020-01-01 10:00:00"
-    assert ScoreMessage.model_validate(msg).row()[0] == "a"
+    assert ScoredTransaction.model_validate(msg).row()[0] == "a"
 
 
 def test_dead_letter_window_needs_enough_traffic():
@@ -369,6 +357,17 @@ def test_scorer_client_tells_a_broken_deployment_from_a_bad_record(
     client = ScorerClient(url, 5, 0.01, threading.Event())
     with pytest.raises(error):
         client.score_batch([json.dumps(EXAMPLE_TRANSACTION).encode()], max_attempts=3)
+
+
+def test_a_scorer_result_outside_the_result_contract_stops_the_bridge(stub_factory):
+    """A 200 whose result does not fit :class:`ScoredTransaction` (here a score above 1) is no
+    record's fault but a scorer that is not ours: nothing is published or dead-lettered."""
+    result = {**stub_score({"transaction_id": "tx-0", "amount": 100.0}), "score": 1.5}
+    url = stub_factory(status=200, body=json.dumps([result]).encode())
+    producer = FakeProducer()
+    with pytest.raises(ScorerDeploymentError, match=r"contract \(score\)"):
+        make_step(url, producer)([tx_record(0)])
+    assert producer.sent == []
 
 
 def test_a_record_the_scorer_fails_on_is_found_by_bisection(stub_factory):

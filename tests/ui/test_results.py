@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import psycopg2
 import pytest
 from psycopg2.extras import execute_values
 
 from fraudstream.migrations import migrate
-from fraudstream.results import (
-    RESULT_COLUMNS,
-    latest_frauds,
-    latest_scores,
-    reasons_text,
-    scores_for,
-)
+from fraudstream.results import latest_frauds, latest_scores, reasons_text, scores_for
+from fraudstream.scored_transaction import TABLE_COLUMNS, ScoredTransaction
+from fraudstream.writer import INSERT_SQL
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +21,22 @@ def scores_db(pg_url: str) -> str:
     for i in range(150):
         flagged = i % 10 == 0
         reasons = [{"feature": "amount", "value": 900.0 + i, "impact": 2.5}] if flagged else []
-        rows.append(
-            (
-                f"tx-{i:03d}",
-                0.9 if flagged else 0.01,
-                flagged,
-                0.3,
-                "fraud-model:t",
-                json.dumps(reasons),
-                12.5 + i,
-                "shopping_net",
-                "fraud_Shop",
-                f"2020-06-21 {i % 24:02d}:00:00",
-                "2020-06-21T00:00:00Z",
-            )
-        )
+        result = {
+            "transaction_id": f"tx-{i:03d}",
+            "score": 0.9 if flagged else 0.01,
+            "fraud_flag": flagged,
+            "threshold": 0.3,
+            "model_version": "fraud-model:t",
+            "reasons": reasons,
+            "amount": 12.5 + i,
+            "category": "shopping_net",
+            "merchant": "fraud_Shop",
+            "event_time": f"2020-06-21 {i % 24:02d}:00:00",
+            "scored_at": "2020-06-21T00:00:00Z",
+        }
+        rows.append(ScoredTransaction.model_validate(result).row())
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
-        execute_values(
-            cur,
-            "INSERT INTO scores (transaction_id, score, fraud_flag, threshold, model_version, "
-            "reasons, amount, category, merchant, event_time, scored_at) VALUES %s",
-            rows,
-        )
+        execute_values(cur, INSERT_SQL, rows)
     return pg_url
 
 
@@ -65,7 +53,7 @@ def test_latest_scores_are_the_last_hundred_written(scores_db):
     assert len(last) == 100
     assert last["transaction_id"].iloc[0] == "tx-149"
     assert last["transaction_id"].iloc[-1] == "tx-050"
-    assert set(last.columns) == set(RESULT_COLUMNS)
+    assert list(last.columns) == list(TABLE_COLUMNS)
 
 
 def test_scores_for_ids_returns_only_those_written(scores_db):
