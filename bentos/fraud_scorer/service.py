@@ -419,7 +419,14 @@ class FraudScorer:
         metadata = dict(self.model.info.metadata)
         version = str(self.model.tag)
         self.database_url = DATABASE_URL
-        history = PostgresHistoryStore(DATABASE_URL) if DATABASE_URL else InMemoryHistoryStore()
+        # PostgreSQL waits are bounded (DB_LOCK_TIMEOUT_MS, DB_STATEMENT_TIMEOUT_MS, ...:
+        # fraudstream.database): a card locked too long by another replica fails the call with
+        # 503 (see _score), it never holds the worker; in memory, HISTORY_MAX_* cap the size
+        history = (
+            PostgresHistoryStore(DATABASE_URL)
+            if DATABASE_URL
+            else InMemoryHistoryStore.from_settings()
+        )
         self.scorer = Scorer(
             classifier, metadata, history, threshold=SETTINGS.threshold, model_version=version
         )
@@ -450,7 +457,7 @@ class FraudScorer:
             )
 
     @bentoml.api(route=SCORE_ROUTE, input_spec=ScoreInput, output_spec=ScoreOutput)
-    async def score(self, transactions: list[Transaction]) -> list[ScoreResult]:
+    async def score(self, transactions: list[Transaction]) -> list[ScoreResult] | Response:
         """Score one transaction. Concurrent calls are merged into one model call."""
         # one call holds one transaction: without an id it gets the one derived from its
         # content (occurrence 0, whatever else shares the batch), so a client retry is idempotent
@@ -460,12 +467,29 @@ class FraudScorer:
         try:
             return await self.merger.call(transactions)
         except MergerOverloadedError as err:
-            raise ServiceUnavailable(f"scorer overloaded, retry later: {err}") from None
+            return self._unavailable("score", "overloaded", f"scorer overloaded ({err})")
+        except ServiceUnavailable as err:
+            return self._unavailable("score", "history_unavailable", str(err))
 
     @bentoml.api(route=BATCH_ROUTE, input_spec=BatchInput, output_spec=BatchOutput)
-    async def score_batch(self, transactions: list[Transaction]) -> list[ScoreResult]:
+    async def score_batch(self, transactions: list[Transaction]) -> list[ScoreResult] | Response:
         """Score up to MAX_BATCH_SIZE transactions; results come in input order."""
-        return await self._run(transactions, "score_batch")
+        try:
+            return await self._run(transactions, "score_batch")
+        except ServiceUnavailable as err:
+            return self._unavailable("score_batch", "history_unavailable", str(err))
+
+    def _unavailable(self, endpoint: str, reason: str, message: str) -> Response:
+        """A 503 that says why and when to retry (BentoML would log a traceback for each and
+        answer a generic message), counted with the rejected requests."""
+        self.metrics.rejected.labels(endpoint, reason).inc()
+        body = {"error": f"{message}; retry later", "field": "", "reason": reason}
+        return Response(
+            json.dumps(body),
+            status_code=503,
+            media_type="application/json",
+            headers={"Retry-After": "1"},
+        )
 
     async def _run(self, transactions: list[Transaction], endpoint: str) -> list[ScoreResult]:
         """Score on the event loop when the history is in memory (pure CPU, well under a
@@ -482,7 +506,7 @@ class FraudScorer:
             if not _is_store_error(err):
                 raise
             log.error("history store unavailable: %s", type(err).__name__)
-            raise ServiceUnavailable("history store unavailable, retry later") from None
+            raise ServiceUnavailable("history store unavailable") from None
         m = self.metrics
         observe = m.score.labels(endpoint).observe
         scored: collections.Counter[str] = collections.Counter()
@@ -528,8 +552,11 @@ class FraudScorer:
             return True
         import psycopg2
 
+        from fraudstream.database import connect
+
+        quick = DatabaseSettings(db_connect_timeout_s=2)  # a probe must answer within its timeout
         try:
-            conn = psycopg2.connect(self.database_url, connect_timeout=2)
+            conn = connect(self.database_url, quick, application_name="fraudstream-readyz")
             try:
                 with conn.cursor() as cur:
                     cur.execute("SELECT 1")

@@ -4,9 +4,11 @@ twice (same ``transaction_id``) is counted once, and a PostgreSQL outage fails t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -16,7 +18,7 @@ import psycopg2
 import pytest
 
 from fraudstream.local.scorer import ScorerServer
-from fraudstream.schema import EXAMPLE_TRANSACTION
+from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
 
 pytestmark = pytest.mark.integration
 
@@ -134,8 +136,11 @@ def test_postgres_outage_fails_scoring_with_503_and_keeps_the_scorer_ready(
             relay.cut()
             during = client.post("/score", json={**tx, "transaction_id": "down-1"})
             assert during.status_code == 503, during.text
+            assert during.json()["reason"] == "history_unavailable"  # says why, not "unexpected"
+            assert during.headers["retry-after"] == "1"
             batch = client.post("/score_batch", json={"transactions": [tx]})
             assert batch.status_code == 503, batch.text
+            assert batch.json()["reason"] == "history_unavailable"
             # every replica would see the same outage: none leaves the Service for it
             assert client.get("/readyz").status_code == 200
             relay.restore()
@@ -143,3 +148,49 @@ def test_postgres_outage_fails_scoring_with_503_and_keeps_the_scorer_ready(
             assert after.status_code == 200, after.text
     finally:
         relay.close()
+
+
+def test_a_card_locked_too_long_answers_503_instead_of_holding_the_worker(
+    service_module, pg_url: str, monkeypatch
+):
+    """Another transaction keeps the card's history row locked: the scoring call fails with
+    ServiceUnavailable (BentoML's 503, which the bridge retries) within about
+    DB_LOCK_TIMEOUT_MS, instead of holding the worker for as long as the lock is held."""
+    monkeypatch.setenv("DB_LOCK_TIMEOUT_MS", "300")
+    monkeypatch.setattr(service_module, "DATABASE_URL", pg_url)
+    scorer = service_module.FraudScorer()
+    card = {**EXAMPLE_TRANSACTION, "street": f"{uuid.uuid4().hex[:8]} Lock Lane"}
+    first = Transaction.model_validate({**card, "transaction_id": "lock-1"})
+    later = Transaction.model_validate(
+        {**card, "transaction_id": "lock-2", "transaction_time": "2020-06-21 23:30:00"}
+    )
+    outcome: dict = {}
+
+    def score_later() -> None:
+        started = time.monotonic()
+        try:
+            outcome["results"] = asyncio.run(scorer.score_batch([later]))
+        except Exception as err:
+            outcome["error"] = err
+        outcome["seconds"] = time.monotonic() - started
+
+    blocker = psycopg2.connect(pg_url)
+    worker = threading.Thread(target=score_later, daemon=True)
+    try:
+        asyncio.run(scorer.score_batch([first]))  # the card's row exists
+        with blocker.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM card_history WHERE card_key = %s FOR UPDATE", (first.card_key,)
+            )
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "the scoring call waited for the lock"
+    finally:
+        blocker.rollback()
+        blocker.close()
+        worker.join(timeout=30)
+        scorer.close()
+    error = outcome.get("error")
+    assert isinstance(error, service_module.ServiceUnavailable), outcome
+    assert error.error_code == 503
+    assert outcome["seconds"] < 3
