@@ -27,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "bridge": ("fraudstream.bridge", "stream", "consume transactions, score them, publish scores"),
     "writer": ("fraudstream.writer", "stream", "consume scores and store them in PostgreSQL"),
     "dlq": ("fraudstream.dlq", "stream", "list or replay the dead-letter topic"),
+    "history": (
+        "fraudstream.retention",
+        "stream",
+        "prune the scorer's per-card history in PostgreSQL, or backfill it from CSV files",
+    ),
+    "scores": ("fraudstream.retention", "stream", "delete scores older than the retention"),
 }
 
 

@@ -18,8 +18,12 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from fraudstream.features import EPOCH, CardState, Event
+
+if TYPE_CHECKING:
+    from fraudstream.settings import DatabaseSettings, HistorySettings
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +79,36 @@ class HistoryStore(ABC):
 class InMemoryHistoryStore(HistoryStore):
     """History in this process (training, tests, a scorer without a database).
 
-    Seen ids are remembered up to ``max_ids`` (oldest forgotten first).
+    Memory is capped: seen ids are remembered up to ``max_ids`` (oldest forgotten first), card
+    states up to ``max_cards`` (the least recently used card is forgotten first: its next
+    transaction starts a new history). The scorer takes both from
+    :class:`fraudstream.settings.HistorySettings` (``HISTORY_MAX_IDS``, ``HISTORY_MAX_CARDS``).
     """
 
-    def __init__(self, max_ids: int = 1_000_000) -> None:
+    def __init__(self, max_ids: int = 1_000_000, max_cards: int = 1_000_000) -> None:
         super().__init__()
-        self.states: dict[str, CardState] = {}
+        # least recently used first
+        self.states: OrderedDict[str, CardState] = OrderedDict()
         self._seen: OrderedDict[str, tuple] = OrderedDict()
         self.max_ids = max_ids
+        self.max_cards = max_cards
+
+    @classmethod
+    def from_settings(cls, settings: HistorySettings | None = None) -> InMemoryHistoryStore:
+        """A store with the caps of ``settings`` (default: the environment's)."""
+        from fraudstream.settings import HistorySettings
+
+        s = settings or HistorySettings()
+        return cls(max_ids=s.history_max_ids, max_cards=s.history_max_cards)
 
     @contextmanager
     def _session(
         self, keys: list[str], ids: list[str]
     ) -> Iterator[tuple[dict[str, CardState], dict[str, tuple]]]:
         seen = {i: self._seen[i] for i in ids if i in self._seen}
+        for key in keys:  # these cards are used now
+            if key in self.states:
+                self.states.move_to_end(key)
         yield self.states, seen
 
     def _record(self, states: dict[str, CardState], new: list[tuple[str, Event, tuple]]) -> None:
@@ -96,6 +116,8 @@ class InMemoryHistoryStore(HistoryStore):
             self._seen[tx_id] = features
         while len(self._seen) > self.max_ids:
             self._seen.popitem(last=False)
+        while len(self.states) > self.max_cards:
+            self.states.popitem(last=False)
 
 
 class PostgresHistoryStore(HistoryStore):
@@ -103,23 +125,30 @@ class PostgresHistoryStore(HistoryStore):
 
     Each :meth:`apply` is one transaction that locks the rows of the cards involved
     (``SELECT ... FOR UPDATE`` in key order), so concurrent scorers never lose an update.
+    The connection comes from :func:`fraudstream.database.connect`: a lock another transaction
+    holds longer than ``DB_LOCK_TIMEOUT_MS``, a statement longer than
+    ``DB_STATEMENT_TIMEOUT_MS``, a server gone away all raise a :class:`psycopg2.Error` out of
+    :meth:`apply` (the scorer answers 503, the caller retries) instead of waiting without end.
     """
 
-    def __init__(self, dsn: str, migrate: bool = True) -> None:
+    def __init__(
+        self, dsn: str, migrate: bool = True, settings: DatabaseSettings | None = None
+    ) -> None:
         super().__init__()
         self.dsn = dsn
+        self.settings = settings
         if migrate:
             from fraudstream.migrations import migrate as apply_migrations
 
-            apply_migrations(dsn)
+            apply_migrations(dsn, settings)
         self._conn = None
         self._cur = None
 
     def _connection(self):  # noqa: ANN202 - psycopg2 connection
-        import psycopg2
+        from fraudstream.database import connect
 
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(self.dsn)
+            self._conn = connect(self.dsn, self.settings, application_name="fraudstream-history")
         return self._conn
 
     @contextmanager
@@ -131,19 +160,27 @@ class PostgresHistoryStore(HistoryStore):
         conn = self._connection()
         try:
             with conn, conn.cursor() as cur:
-                # make sure a row exists for every key, so FOR UPDATE locks new cards too
-                execute_values(
-                    cur,
-                    "INSERT INTO card_history (card_key) VALUES %s ON CONFLICT DO NOTHING",
-                    [(k,) for k in keys],
-                    page_size=1000,
-                )
-                cur.execute(
-                    "SELECT card_key, state FROM card_history WHERE card_key = ANY(%s)"
-                    " ORDER BY card_key FOR UPDATE",
-                    (keys,),
-                )
-                states = {key: CardState.from_json(state) for key, state in cur.fetchall() if state}
+                states: dict[str, CardState] = {}
+                missing = keys
+                while missing:
+                    # make sure a row exists for every key, so FOR UPDATE locks new cards too
+                    execute_values(
+                        cur,
+                        "INSERT INTO card_history (card_key) VALUES %s ON CONFLICT DO NOTHING",
+                        [(k,) for k in missing],
+                        page_size=1000,
+                    )
+                    cur.execute(
+                        "SELECT card_key, state FROM card_history WHERE card_key = ANY(%s)"
+                        " ORDER BY card_key FOR UPDATE",
+                        (missing,),
+                    )
+                    rows = cur.fetchall()
+                    states.update((k, CardState.from_json(state)) for k, state in rows if state)
+                    # a row `fraudstream history prune` deleted between the two statements:
+                    # insert it again (the prune only deletes cards idle for weeks)
+                    locked = {k for k, _ in rows}
+                    missing = [k for k in missing if k not in locked]
                 cur.execute(
                     "SELECT transaction_id, features FROM card_history_seen"
                     " WHERE transaction_id = ANY(%s)",

@@ -32,9 +32,58 @@ class KafkaSettings(_Base):
 
 
 class DatabaseSettings(_Base):
-    """PostgreSQL connection; empty means 'no database' where that is allowed (the scorer)."""
+    """PostgreSQL connection; empty means 'no database' where that is allowed (the scorer).
+
+    The ``db_*`` limits go on every connection :func:`fraudstream.database.connect` makes (as
+    libpq options), so no wait on PostgreSQL is unbounded: a server that does not answer, a
+    query or a lock wait that does not end, a peer that vanished without closing the socket.
+    """
 
     database_url: str = ""
+    # seconds to wait for a connection to be made (libpq connect_timeout; 0 = no limit)
+    db_connect_timeout_s: int = Field(default=5, ge=0)
+    # longest a statement may run before the server cancels it (0 = no limit)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # longest a statement may wait for a lock (a row another transaction holds; 0 = no limit)
+    db_lock_timeout_ms: int = Field(default=2_000, ge=0)
+    # TCP keepalives: an idle connection whose peer is gone is noticed after about
+    # idle + interval x count seconds (10 + 5 x 3 = 25 s)
+    db_keepalives: bool = True
+    db_keepalives_idle_s: int = Field(default=10, ge=1)
+    db_keepalives_interval_s: int = Field(default=5, ge=1)
+    db_keepalives_count: int = Field(default=3, ge=1)
+    # longest sent data may stay unacknowledged before the connection is dropped (a peer gone
+    # in the middle of a query, where keepalives do not apply; libpq tcp_user_timeout; 0 = the
+    # kernel's default, about 15 minutes)
+    db_tcp_user_timeout_ms: int = Field(default=30_000, ge=0)
+
+
+class HistorySettings(_Base):
+    """The scorer's in-memory history store (:class:`fraudstream.history.InMemoryHistoryStore`,
+    used without ``DATABASE_URL``): how much it keeps, per worker. Measured with
+    ``loadtest/bench_history.py``: 4.5 kB of Python memory per simulated card (a month, ~2
+    transactions a day), 27 kB per card at the per-card caps, 0.7 kB per remembered id. A
+    store filled to the defaults grew the process by 251 MB RSS (simulated cards; about 750 MB
+    if every card were at the caps), within the chart's scorer memory limit next to the
+    ~280 MB the scorer itself takes."""
+
+    # most cards kept; the least recently used one is forgotten first (its next transaction
+    # starts a new history)
+    history_max_cards: int = Field(default=20_000, ge=1)
+    # most transaction ids remembered for idempotent re-scoring; the oldest are forgotten first
+    history_max_ids: int = Field(default=200_000, ge=1)
+
+
+class RetentionSettings(_Base):
+    """``fraudstream history prune`` and ``fraudstream scores prune`` (the chart's CronJob)."""
+
+    # transaction ids (card_history_seen) are kept this long after they were scored: a retry or
+    # a replay of the same transaction within it is counted once, later it would count again
+    history_dedupe_days: float = Field(default=30.0, gt=0)
+    # rows of `scores` are kept this long after they were written
+    scores_retention_days: float = Field(default=90.0, gt=0)
+    # rows deleted per transaction (short transactions: no long locks, no long vacuum debt)
+    prune_batch_size: int = Field(default=5_000, ge=1)
 
 
 class LogSettings(_Base):
@@ -101,6 +150,14 @@ class BridgeSettings(_Base):
     bridge_batch_size: int = 500
     bridge_batch_max_wait_ms: int = 50
     bridge_commit_interval_ms: int = 1000
+    # one Kafka transaction per batch: its results, its DLQ records and its input offsets are
+    # committed together (exactly once into `scoring` for read_committed readers); off for a
+    # broker without transactions (then a crash can repeat a batch's results in `scoring`)
+    bridge_transactions: bool = True
+    # the broker aborts a transaction left open this long (a killed bridge's); until then
+    # read_committed readers of its partitions wait. At most the broker's
+    # transaction.max.timeout.ms (15 min by default)
+    bridge_transaction_timeout_ms: int = Field(default=10000, ge=1000)
     dlq_max_ratio: float = 0.5  # stop when more than this share of a window goes to the DLQ
     dlq_window: int = 200  # messages in the window the ratio is measured over
     # a non-transient scorer error (e.g. 500) for the same batch this many times in a row: find

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -153,9 +154,9 @@ def test_postgres_outage_fails_scoring_with_503_and_keeps_the_scorer_ready(
 def test_a_card_locked_too_long_answers_503_instead_of_holding_the_worker(
     service_module, pg_url: str, monkeypatch
 ):
-    """Another transaction keeps the card's history row locked: the scoring call fails with
-    ServiceUnavailable (BentoML's 503, which the bridge retries) within about
-    DB_LOCK_TIMEOUT_MS, instead of holding the worker for as long as the lock is held."""
+    """Another transaction keeps the card's history row locked: the scoring call answers 503
+    (reason history_unavailable, which the bridge retries) within about DB_LOCK_TIMEOUT_MS,
+    instead of holding the worker for as long as the lock is held."""
     monkeypatch.setenv("DB_LOCK_TIMEOUT_MS", "300")
     monkeypatch.setattr(service_module, "DATABASE_URL", pg_url)
     scorer = service_module.FraudScorer()
@@ -190,7 +191,7 @@ def test_a_card_locked_too_long_answers_503_instead_of_holding_the_worker(
         blocker.close()
         worker.join(timeout=30)
         scorer.close()
-    error = outcome.get("error")
-    assert isinstance(error, service_module.ServiceUnavailable), outcome
-    assert error.error_code == 503
+    answer = outcome.get("results")
+    assert getattr(answer, "status_code", None) == 503, outcome
+    assert json.loads(answer.body)["reason"] == "history_unavailable"
     assert outcome["seconds"] < 3

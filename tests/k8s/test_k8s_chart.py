@@ -35,6 +35,7 @@ from fraudstream.settings import (
     IdentitySettings,
     KafkaSettings,
     LogSettings,
+    RetentionSettings,
     ScorerSettings,
     UiSettings,
     WriterSettings,
@@ -154,6 +155,7 @@ def test_default_render_has_every_part() -> None:
         ("Deployment", "fraudstream-writer"),
         ("Job", "fraudstream-migrations"),
         ("Job", "fraudstream-topics"),
+        ("CronJob", "fraudstream-prune"),
         ("ServiceAccount", "fraudstream"),
         ("ServiceMonitor", "fraudstream-scorer"),
         ("ServiceMonitor", "fraudstream-consumers"),
@@ -391,6 +393,7 @@ SETTINGS_OF = {
     "migrations": (DatabaseSettings, LogSettings),
     "topics": (KafkaSettings, LogSettings),
     "ui": (KafkaSettings, DatabaseSettings, UiSettings, IdentitySettings),
+    "prune": (DatabaseSettings, RetentionSettings, LogSettings),
 }
 # Variables read by something other than our settings classes, and who reads them.
 NOT_SETTINGS = {
@@ -424,6 +427,13 @@ REQUIRED = {
         "TOPIC_RETENTION_BYTES",
     },
     "ui": {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGPASSWORD", "CARD_KEY_SECRET"},
+    "prune": {
+        "DATABASE_URL",
+        "PGPASSWORD",
+        "HISTORY_DEDUPE_DAYS",
+        "SCORES_RETENTION_DAYS",
+        "PRUNE_BATCH_SIZE",
+    },
 }
 
 
@@ -571,6 +581,14 @@ def _matches(selector: dict, labels: dict) -> bool:
     return selector.get("matchLabels", {}).items() <= labels.items()
 
 
+def pod_labels(obj: dict) -> dict:
+    """Labels of the pods an object makes (a Pod's own, a workload's or a CronJob's template)."""
+    if obj["kind"] == "Pod":
+        return obj["metadata"]["labels"]
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return spec["template"]["metadata"]["labels"]
+
+
 def test_every_pod_is_fenced_by_a_network_policy() -> None:
     objects = render()
     policies = by_kind(objects, "NetworkPolicy")
@@ -578,12 +596,7 @@ def test_every_pod_is_fenced_by_a_network_policy() -> None:
         spec = pod_spec(obj)
         if spec is None:
             continue
-        labels = (
-            obj["metadata"]["labels"]
-            if obj["kind"] == "Pod"
-            else obj["spec"]["template"]["metadata"]["labels"]
-        )
-        mine = [p for p in policies if _matches(p["spec"]["podSelector"], labels)]
+        mine = [p for p in policies if _matches(p["spec"]["podSelector"], pod_labels(obj))]
         assert mine, f"{obj['kind']}/{obj['metadata']['name']} has no NetworkPolicy"
         for p in mine:
             assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -960,3 +973,65 @@ def test_hooks_only_use_what_exists_before_them(scenario: str) -> None:
             if need == ("Secret", "postgres") and scenario == "existing-secret-values.yaml":
                 continue  # made outside the chart, by definition
             assert need in weight and weight[need] < mine, f"{obj['metadata']['name']} needs {need}"
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_prune_cronjob_runs_both_prunes_like_the_writer(version: str) -> None:
+    """One CronJob (daily by default) runs `fraudstream history prune` and `fraudstream scores
+    prune` with the writer's image, database URL, password Secret and security context."""
+    objects = render(kube_version=version)
+    cron = named(objects, "CronJob", "fraudstream-prune")
+    validate_object(cron, version)
+    assert cron["spec"]["schedule"] == "17 3 * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert "timeZone" not in cron["spec"]
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["activeDeadlineSeconds"] > 0
+    writer = named(objects, "Deployment", "fraudstream-writer")
+    (writer_c,) = containers(writer)
+    assert pod_spec(cron)["securityContext"] == pod_spec(writer)["securityContext"]
+    writer_env = {e["name"]: e for e in writer_c["env"]}
+    commands = set()
+    for c in containers(cron):
+        commands.add(tuple(c["command"] + c["args"]))
+        assert c["image"] == writer_c["image"]
+        assert c["securityContext"] == writer_c["securityContext"]
+        env = {e["name"]: e for e in c["env"]}
+        for name in ("DATABASE_URL", "PGPASSWORD"):
+            assert env[name] == writer_env[name], name
+        config = container_env(objects, cron, c)
+        assert config["HISTORY_DEDUPE_DAYS"] == "30"
+        assert config["SCORES_RETENTION_DAYS"] == "90"
+        assert int(config["PRUNE_BATCH_SIZE"]) > 0
+    assert commands == {("fraudstream", "history", "prune"), ("fraudstream", "scores", "prune")}
+    # the defaults the chart sets are the code's own
+    defaults = RetentionSettings()
+    assert (defaults.history_dedupe_days, defaults.scores_retention_days) == (30, 90)
+
+
+def test_prune_cronjob_follows_its_values() -> None:
+    sets = (
+        "prune.schedule=0 4 * * 0",
+        "prune.timeZone=Europe/Berlin",
+        "prune.scoresRetentionDays=30",
+        "prune.extraEnv[0].name=DB_STATEMENT_TIMEOUT_MS",
+    )
+    objects = render(sets=sets, flags=("--set-string", "prune.extraEnv[0].value=60000"))
+    cron = named(objects, "CronJob", "fraudstream-prune")
+    validate_object(cron, KUBE_VERSIONS[0])
+    assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("0 4 * * 0", "Europe/Berlin")
+    for c in containers(cron):
+        env = container_env(objects, cron, c)
+        assert env["SCORES_RETENTION_DAYS"] == "30" and env["DB_STATEMENT_TIMEOUT_MS"] == "60000"
+    secret = render(values=scenario_values("existing-secret-values.yaml"))
+    for c in containers(named(secret, "CronJob", "fraudstream-prune")):
+        ref = {e["name"]: e for e in c["env"]}["PGPASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "postgres", "key": "password"}
+    off = render(sets=("prune.enabled=false",))
+    assert not [o for o in off if o["metadata"]["name"] == "fraudstream-prune"]
+    with pytest.raises(AssertionError, match="historyDedupeDays"):
+        render(sets=("prune.historyDedupeDays=0",))

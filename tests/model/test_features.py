@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from fraudstream.features import (
+    MAX_MERCHANTS,
+    MAX_RECENT,
     WEEK,
     CardState,
     build_features,
@@ -156,3 +158,83 @@ def test_a_transaction_older_than_the_kept_week_counts_only_in_the_aggregates():
     assert features[0] == 1.0  # one transaction before it, in the aggregates
     assert features[1:4] == (0.0, 0.0, 0.0)  # none of its windows holds the later one
     assert state.n == 2 and len(state.ts) == 1
+
+
+def test_a_card_with_thousands_of_transactions_a_week_keeps_a_small_state():
+    # 2,000 transactions a week for three weeks, at 700 different merchants: the state (what the
+    # PostgreSQL store reads and writes on every transaction) stays within 8 kB and stops growing
+    state = CardState()
+    start = datetime(2020, 7, 6).timestamp()
+    sizes = []
+    for i in range(6000):
+        t = float(int(start + i * WEEK / 2000))
+        state.step(t, 10.0 + (i * 7919) % 5000 / 100, i % 14, 10**9 + (i * 31) % 700, i % 24)
+        if i % 1000 == 999:
+            sizes.append(len(state.to_json()))
+    assert max(sizes) <= 8192, sizes
+    assert max(sizes[2:]) - min(sizes[2:]) < 200  # no growth once the window is full
+    assert len(state.ts) == len(state.amts) == len(state.bigs) == MAX_RECENT
+    assert len(state.merchants) == MAX_MERCHANTS
+    assert state.n == 6000  # the aggregates still count everything
+    # the windows count the most recent MAX_RECENT transactions
+    features = state.step(t + 1.0, 20.0, 0, 1, 12)
+    assert features[3] == MAX_RECENT  # h_n_7d
+    assert features[1] == 12  # h_n_1h: exact (fewer than the cap within the hour)
+
+
+def test_a_card_remembers_its_most_recently_used_merchants():
+    state = CardState()
+    t = datetime(2020, 7, 1).timestamp()
+
+    def first_use(merchant: int) -> bool:
+        nonlocal t
+        t += 60.0
+        return state.step(t, 10.0, 0, merchant, 12)[13] == 1.0  # h_merch_first
+
+    assert first_use(0)
+    for merchant in range(1, MAX_MERCHANTS):  # 100 merchants in all
+        assert first_use(merchant)
+    assert not first_use(0)  # 0 is now the most recently used
+    assert first_use(MAX_MERCHANTS)  # a 101st merchant: the least recently used (1) goes
+    assert not first_use(0)
+    assert first_use(1)  # forgotten: new again
+    assert len(state.merchants) == MAX_MERCHANTS
+    copy = CardState.from_json(state.to_json())  # the order of use survives a round trip
+    assert list(copy.merchants) == list(state.merchants)
+
+
+def test_a_state_saved_before_the_caps_is_cut_to_them():
+    data = CardState().to_dict()
+    n = MAX_RECENT + 50
+    data.update(
+        n=n,
+        ts=[float(i) for i in range(n)],
+        amts=[1.0] * n,
+        newms=[0] * n,
+        nights=[0] * n,
+        bigs=[0] * n,
+        merchants=list(range(MAX_MERCHANTS + 30)),  # sorted by code, as saved before
+    )
+    state = CardState.from_dict(data)
+    assert state.ts == [float(i) for i in range(50, n)] and len(state.bigs) == MAX_RECENT
+    assert len(state.merchants) == MAX_MERCHANTS
+
+
+def test_in_memory_store_forgets_the_least_recently_used_card(monkeypatch):
+    monkeypatch.setenv("HISTORY_MAX_CARDS", "2")
+    monkeypatch.setenv("HISTORY_MAX_IDS", "3")
+    store = InMemoryHistoryStore.from_settings()
+    t = datetime(2020, 7, 1).timestamp()
+
+    def apply(tx_id: str, card: str, minutes: float) -> tuple:
+        (features,) = store.apply([tx_id], [(card, t + minutes * 60, 10.0, 0, 1, 12)])
+        return features
+
+    apply("a1", "A", 0)
+    apply("b1", "B", 1)
+    apply("a2", "A", 2)  # A used after B
+    apply("c1", "C", 3)  # a third card: B, the least recently used, goes
+    assert list(store.states) == ["A", "C"]
+    assert apply("b2", "B", 4)[0] == 0.0  # B starts afresh; A goes now (C was used later)
+    assert list(store.states) == ["C", "B"]
+    assert len(store._seen) == 3 and "a1" not in store._seen

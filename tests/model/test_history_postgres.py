@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date
 
 import numpy as np
@@ -64,3 +66,45 @@ def test_postgres_store_is_idempotent_and_keeps_no_personal_data(pg_url, events)
     for column in ("name_1", "name_2", "street"):
         assert frame[column].iloc[0] not in dumped
     assert f"{frame['lat'].iloc[0]}" not in dumped
+
+
+def test_a_card_locked_elsewhere_fails_apply_within_the_lock_timeout(pg_url, events, monkeypatch):
+    """Another transaction holds the card's row (SELECT ... FOR UPDATE, left open): apply
+    raises after DB_LOCK_TIMEOUT_MS (the scorer answers 503, the bridge retries) instead of
+    waiting for as long as the other holds it, and works again once the lock is gone."""
+    stream, _ = events
+    key = stream[0][0]
+    first, second = [e for e in stream if e[0] == key][:2]
+    monkeypatch.setenv("DB_LOCK_TIMEOUT_MS", "300")
+    store = PostgresHistoryStore(pg_url)
+    outcome: dict = {}
+
+    def apply_second() -> None:
+        started = time.monotonic()
+        try:
+            outcome["features"] = store.apply(["second"], [second])
+        except Exception as err:
+            outcome["error"] = err
+        outcome["seconds"] = time.monotonic() - started
+
+    blocker = psycopg2.connect(pg_url)
+    worker = threading.Thread(target=apply_second, daemon=True)
+    try:
+        store.apply(["first"], [first])
+        with blocker.cursor() as cur:
+            cur.execute("SELECT state FROM card_history WHERE card_key = %s FOR UPDATE", (key,))
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "apply waited for the lock instead of failing"
+    finally:
+        blocker.rollback()  # let a waiting apply go (old code), so the thread ends
+        blocker.close()
+        worker.join(timeout=30)
+    try:
+        assert isinstance(outcome.get("error"), psycopg2.errors.LockNotAvailable), outcome
+        assert outcome["seconds"] < 3
+        # nothing of the failed call stayed; the same call now goes through
+        (features,) = store.apply(["second"], [second])
+        assert features[0] == 1.0  # one earlier transaction of the card: "first"
+    finally:
+        store.close()

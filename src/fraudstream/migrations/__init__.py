@@ -4,6 +4,12 @@
 (a PostgreSQL advisory lock serialises runners). Each file runs in its own transaction and is
 recorded in ``schema_migrations``. Tables are created in the connection's current schema
 (``search_path``), so tests can give each test its own schema.
+
+The connection is :func:`fraudstream.database.connect`'s (connect timeout, keepalives) without a
+statement timeout (building an index on a large table takes as long as it takes). Runners wait
+for each other's advisory lock without limit; the migrations themselves keep the lock timeout
+(``DB_LOCK_TIMEOUT_MS``): a table the running pipeline holds makes a migration fail, and the hook
+Job retry, instead of queueing every scorer and writer behind its lock request.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import argparse
 import logging
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import psycopg2
+if TYPE_CHECKING:
+    from fraudstream.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 LOCK_ID = 715_203_001
@@ -26,13 +34,17 @@ def migration_files() -> list[tuple[str, str]]:
     ]
 
 
-def migrate(dsn: str) -> list[str]:
+def migrate(dsn: str, settings: DatabaseSettings | None = None) -> list[str]:
     """Apply pending migrations; return the versions applied by this call."""
+    from fraudstream.database import connect
+
     applied_now: list[str] = []
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn, settings, statement_timeout_ms=0, application_name="fraudstream-migrate")
     try:
         with conn, conn.cursor() as cur:
+            cur.execute("SET lock_timeout = 0")  # another runner may hold it for a while
             cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+            cur.execute("RESET lock_timeout")  # back to the connection's DB_LOCK_TIMEOUT_MS
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

@@ -1,0 +1,81 @@
+"""The one place PostgreSQL connections are made: every connection gets bounded waits.
+
+:func:`connect` adds, as libpq options, a connect timeout, TCP keepalives and a TCP user
+timeout (a vanished server is noticed instead of waited for), and a server-side
+``statement_timeout`` and ``lock_timeout`` (a query or a lock wait that never ends fails with
+a :class:`psycopg2.Error` instead). Values come from
+:class:`fraudstream.settings.DatabaseSettings` (``DB_*`` environment variables); a caller may
+override the two server-side limits, and a parameter written in the DSN itself wins over the
+defaults (``?connect_timeout=1``, ``options=-c lock_timeout=500``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fraudstream.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection
+
+
+def connection_options(
+    dsn: str,
+    settings: DatabaseSettings | None = None,
+    *,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
+    application_name: str | None = None,
+) -> dict[str, Any]:
+    """The libpq keyword parameters :func:`connect` passes besides ``dsn``.
+
+    Parameters the DSN sets itself are left out (the DSN's value applies); the server-side
+    limits go first in ``options``, so a ``-c`` setting of the DSN's own ``options`` (read
+    after them) wins.
+    """
+    from psycopg2.extensions import parse_dsn
+
+    s = settings or DatabaseSettings()
+    given = parse_dsn(dsn)
+    statement = s.db_statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
+    lock = s.db_lock_timeout_ms if lock_timeout_ms is None else lock_timeout_ms
+    params: dict[str, Any] = {
+        "connect_timeout": s.db_connect_timeout_s,
+        "keepalives": int(s.db_keepalives),
+        "keepalives_idle": s.db_keepalives_idle_s,
+        "keepalives_interval": s.db_keepalives_interval_s,
+        "keepalives_count": s.db_keepalives_count,
+        "tcp_user_timeout": s.db_tcp_user_timeout_ms,
+    }
+    if application_name:
+        params["application_name"] = application_name
+    params = {key: value for key, value in params.items() if key not in given}
+    limits = f"-c statement_timeout={int(statement)} -c lock_timeout={int(lock)}"
+    params["options"] = f"{limits} {given['options']}" if given.get("options") else limits
+    return params
+
+
+def connect(
+    dsn: str,
+    settings: DatabaseSettings | None = None,
+    *,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
+    application_name: str | None = None,
+) -> connection:
+    """A psycopg2 connection to ``dsn`` with the limits of :func:`connection_options`.
+
+    ``settings`` defaults to the environment's :class:`DatabaseSettings`;
+    ``statement_timeout_ms`` / ``lock_timeout_ms`` override its server-side limits for this
+    connection (0 = no limit, e.g. for a migration that builds an index on a large table).
+    """
+    import psycopg2
+
+    options = connection_options(
+        dsn,
+        settings,
+        statement_timeout_ms=statement_timeout_ms,
+        lock_timeout_ms=lock_timeout_ms,
+        application_name=application_name,
+    )
+    return psycopg2.connect(dsn, **options)
