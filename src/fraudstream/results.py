@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-import psycopg2
 
+from fraudstream.database import connect
 from fraudstream.scored_transaction import TABLE_COLUMNS
 
 _SELECT = ", ".join(TABLE_COLUMNS)
 
 
 def _query(dsn: str, sql: str, params: Sequence | None = None) -> pd.DataFrame:
-    with psycopg2.connect(dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+    with connect(dsn, application_name="fraudstream-ui") as conn, conn.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
         columns = [d.name for d in cur.description]

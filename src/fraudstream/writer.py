@@ -109,21 +109,10 @@ class ScoreStore:
         self.conn: Any = None
 
     def _connect(self) -> Any:
-        import psycopg2
+        from fraudstream.database import connect
 
-        conn = psycopg2.connect(
-            self.dsn,
-            connect_timeout=5,
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-            application_name="fraudstream-writer",
-        )
-        with conn.cursor() as cur:
-            cur.execute("SET statement_timeout = '60s'")
-        conn.commit()
-        return conn
+        # a batch insert may take longer than the default statement limit on a busy server
+        return connect(self.dsn, statement_timeout_ms=60_000, application_name="fraudstream-writer")
 
     def close(self) -> None:
         if self.conn is not None:
