@@ -194,6 +194,12 @@ def score_one(kube: Kube, report: Report) -> None:
 LOADTEST_SELECTOR = "app.kubernetes.io/component=loadtest"
 # runs whose gate is exactly-once storage, not latency: no latency limit, a long drain
 UNGATED = {"loadtest.e2eP99Ms": "100000000", "loadtest.drainSeconds": "300"}
+# gated runs set the chart's own limits again: `helm upgrade --reuse-values` would otherwise keep
+# an earlier ungated run's (e.g. `--only kafka` after an alert run in a kept cluster)
+_CHART_LOADTEST = yaml.safe_load((ROOT / "charts" / "fraudstream" / "values.yaml").read_text())
+GATED = {
+    f"loadtest.{key}": str(_CHART_LOADTEST["loadtest"][key]) for key in ("e2eP99Ms", "drainSeconds")
+}
 
 
 class HpaWatch(threading.Thread):
@@ -322,7 +328,7 @@ def gated_locust(
     kube: Kube, report: Report, args: argparse.Namespace, label: str, user_class: str, title: str
 ) -> dict:
     """A run at the target rate whose gate is Locust's own verdict (rate, failures, p99s)."""
-    result = run_locust(kube, label, user_class, args.rate, args.duration, {})
+    result = run_locust(kube, label, user_class, args.rate, args.duration, GATED)
     report.add(f"locust {title} (in cluster)", gate_figures(result))
     report.gate(
         f"locust {title} {args.rate}/s gate",
