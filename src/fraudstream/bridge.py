@@ -28,8 +28,11 @@ One consumer group on ``transactions``. For each batch (``BRIDGE_BATCH_SIZE`` re
 
 Poison of both kinds counts once per record in the DLQ ratio guard, judged before anything is
 sent. Only then are the batch's offsets marked done; :mod:`fraudstream.kafka_runner` commits
-them. A crash between 3 and the commit re-scores the batch: the scorer is idempotent on
-``transaction_id`` and the writer's insert ignores ids it already has, so nothing is doubled.
+them. With ``BRIDGE_TRANSACTIONS`` (the default) the batch is one Kafka transaction: results,
+DLQ records and the input offsets are committed together, so a crash anywhere re-scores the
+batch but ``read_committed`` readers see its results once. Without it a crash between 3 and
+the commit can publish a batch's results twice; the scorer is idempotent on ``transaction_id``
+and the writer's insert ignores ids it already has, so ``scores`` holds them once either way.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fraudstream import health
 from fraudstream.kafka_runner import (
@@ -53,6 +56,9 @@ from fraudstream.kafka_runner import (
     backoff_delays,
 )
 from fraudstream.scored_transaction import ScoredTransaction
+
+if TYPE_CHECKING:
+    from fraudstream.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +500,20 @@ def run(args: argparse.Namespace) -> int:
         batch_max_wait_ms=settings.bridge_batch_max_wait_ms,
         commit_interval_ms=settings.bridge_commit_interval_ms,
         metrics_port=args.metrics_port if args.metrics_port is not None else settings.metrics_port,
+        transactional_id=transactional_id(settings) if settings.bridge_transactions else "",
+        transaction_timeout_ms=settings.bridge_transaction_timeout_ms,
         topic_out=kafka.topic_scoring,
         scorer_url=scorer_url,
     )
+
+
+def transactional_id(settings: BridgeSettings) -> str:
+    """This bridge's transactional id: ``<group>-<BRIDGE_GROUP_INSTANCE_ID>`` when set (stable
+    across restarts: the restarted process aborts what its predecessor left open at once), else
+    ``<group>-<host name>-<pid>`` (unique per process; a pod restarted in place keeps both, a new
+    pod's predecessor's open transaction ends after ``BRIDGE_TRANSACTION_TIMEOUT_MS``)."""
+    import os
+    import socket
+
+    instance = settings.bridge_group_instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return f"{settings.bridge_group_id}-{instance}"

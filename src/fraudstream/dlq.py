@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -152,7 +153,9 @@ class DlqMissingError(Exception):
 
 
 def read_all(bootstrap: str, topic: str, idle_timeout_s: float = 30.0) -> Iterator[Any]:
-    """Every record of ``topic`` up to its end offsets at the start (no consumer group)."""
+    """Every committed record of ``topic`` up to its end offsets at the start (no consumer
+    group; ``read_committed``: the bridge writes dead letters in its transactions, and those of
+    an aborted batch are sent again by the batch's next attempt)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
@@ -161,6 +164,7 @@ def read_all(bootstrap: str, topic: str, idle_timeout_s: float = 30.0) -> Iterat
         enable_auto_commit=False,
         client_id="fraudstream-dlq",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        isolation_level="read_committed",
     )
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -169,17 +173,23 @@ def read_all(bootstrap: str, topic: str, idle_timeout_s: float = 30.0) -> Iterat
         parts = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        remaining = {tp for tp in parts if consumer.position(tp) < end[tp]}
-        while remaining:
-            polled = consumer.poll(timeout_ms=int(idle_timeout_s * 1000))
-            if not polled:
-                raise TimeoutError(f"no records from {topic} for {idle_timeout_s:.0f}s")
+        end = consumer.end_offsets(parts)  # read_committed: the last stable offsets
+        positions = {tp: consumer.position(tp) for tp in parts}
+        progress = time.monotonic()
+        while any(positions[tp] < end[tp] for tp in parts):
+            # short polls: the last offsets may be transaction markers, which move the
+            # position on without returning a record
+            polled = consumer.poll(timeout_ms=500)
             for tp, records in polled.items():
                 for record in records:
                     if record.offset < end[tp]:
                         yield record
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+            now = {tp: consumer.position(tp) for tp in parts}
+            if now != positions:
+                progress = time.monotonic()
+            elif time.monotonic() - progress > idle_timeout_s:
+                raise TimeoutError(f"no records from {topic} for {idle_timeout_s:.0f}s")
+            positions = now
     finally:
         consumer.close(autocommit=False)
 

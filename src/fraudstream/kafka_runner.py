@@ -9,6 +9,19 @@ commit only means a batch is processed again, so every side effect downstream is
 The lag gauge has a series per partition this consumer owns: a revoked or lost partition's
 series goes at once, so the lag summed over a group's members counts each partition once.
 
+Given a transactional producer (the bridge's, ``BRIDGE_TRANSACTIONS``), the runner wraps each
+batch in a Kafka transaction instead: ``begin_transaction``, the step (whose sends use that
+producer), then the batch's offsets go into the transaction (``send_offsets_to_transaction``
+with the consumer's group metadata, so the broker fences a member that lost its partitions,
+KIP-447) and ``commit_transaction``: the step's records and the consumer's progress become
+visible together or not at all. A step that raises aborts the transaction (nothing it sent is
+seen by ``read_committed`` readers, its offsets stay uncommitted). A transaction that fails to
+commit, or whose records are not delivered, is aborted and the batch read again (a producer
+that can no longer abort is replaced, see :class:`TransactionalProducer`). Every consumer reads
+``read_committed`` (:func:`make_consumer`); when idle, a fetch position past the last record
+processed (transaction markers and aborted records take offsets but are never returned) counts
+as done, so the committed offset reaches the end of the partition.
+
 SIGTERM / SIGINT set a flag: the loop finishes the batch in hand, commits and closes. A step
 that is waiting (e.g. for a scorer that is down) raises :class:`ShutdownRequestedError` when
 the flag is set; that batch is then not committed and is processed again by the next owner.
@@ -153,6 +166,12 @@ def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Any:
         "max_poll_interval_ms": 600000,
         "client_id": f"fraudstream-{group_id}",
         "reconnect_backoff_max_ms": 2000,  # back within 2 s of a broker restart (default 30 s)
+        # a group leader that joined without the topic's partitions assigns nothing until its
+        # next metadata refresh (default every 5 min); partitions added to a topic count too
+        "metadata_max_age_ms": 30000,
+        # records of aborted (and still open) transactions are never returned: the bridge's
+        # results of a batch it did not finish are not read twice
+        "isolation_level": "read_committed",
     }
     config.update(overrides)
     return KafkaConsumer(**config)
@@ -192,7 +211,10 @@ def _cached_partitioner() -> Any:
 
 
 def make_producer(bootstrap: str, **overrides: Any) -> Any:
-    """acks=all, idempotent, short linger: every record is either delivered once or raises."""
+    """acks=all, idempotent, short linger: every record is either delivered once or raises.
+
+    With ``transactional_id=...`` (and ``transaction_timeout_ms``) it is a transactional
+    producer: call ``init_transactions()`` once before the first transaction."""
     from kafka import KafkaProducer
 
     config: dict[str, Any] = {
@@ -211,12 +233,103 @@ def make_producer(bootstrap: str, **overrides: Any) -> Any:
     return KafkaProducer(**config)
 
 
+class DeliveryError(RuntimeError):
+    """Records were not acknowledged by the broker (failed, or not within the flush bound)."""
+
+
 def wait_delivered(producer: Any, futures: Sequence[Any]) -> None:
-    """Flush and raise if any record was not acknowledged (``flush`` alone never raises)."""
-    producer.flush()
+    """Flush and raise :class:`DeliveryError` if any record was not acknowledged (``flush``
+    alone never raises).
+
+    Inside a transaction an acknowledged record is written but not yet visible to
+    ``read_committed`` readers; a failed one makes the step raise, so the runner aborts the
+    transaction instead of committing a batch with a hole in it."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.flush()
+    except KafkaTimeoutError as err:  # a TransactionalProducer's bounded flush
+        raise DeliveryError(f"records not acknowledged in time: {err!r}") from err
     for future in futures:
         if future.exception is not None:
-            raise RuntimeError(f"record not delivered: {future.exception!r}")
+            raise DeliveryError(f"record not delivered: {future.exception!r}")
+
+
+class TransactionalProducer:
+    """A transactional :func:`make_producer` (``init_transactions`` done) that the runner can
+    replace by a new one with the same transactional id; everything else is the producer's.
+
+    kafka-python 3 answers a producer epoch the broker no longer accepts (e.g. the broker
+    aborted the transaction on its timeout while it restarted) by bumping the epoch itself: the
+    open transaction is gone, it cannot be aborted, and records not yet sent would wait in the
+    producer forever. So ``flush`` is bounded by the transaction timeout (a transaction open
+    longer is aborted by the broker anyway) and :meth:`renew` starts over with a new producer
+    (its ``init_transactions`` aborts whatever the old one left open).
+    """
+
+    def __init__(self, bootstrap: str, transactional_id: str, timeout_ms: int) -> None:
+        self.bootstrap = bootstrap
+        self.transactional_id = transactional_id
+        self.timeout_ms = timeout_ms
+        self.producer = self._start()
+
+    def _start(self) -> Any:
+        producer = make_producer(
+            self.bootstrap,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=self.timeout_ms,
+        )
+        try:
+            producer.init_transactions()
+        except BaseException:
+            _close_now(producer)
+            raise
+        return producer
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "producer":  # not set yet (the constructor failed)
+            raise AttributeError(name)
+        return getattr(self.producer, name)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.producer.flush(self.timeout_ms / 1000 if timeout is None else timeout)
+
+    def renew(self, stop: threading.Event) -> bool:
+        """Replace the producer (retrying while the broker is away); False when ``stop`` was
+        set meanwhile."""
+        _close_now(self.producer)
+        for delay in backoff_delays(0.5, 10.0):
+            try:
+                self.producer = self._start()
+            except Exception as err:  # noqa: BLE001 - the broker is still away: wait, retry
+                log.warning("a new transactional producer failed to start: %r", err)
+                if stop.wait(delay):
+                    return False
+            else:
+                log.info("a new transactional producer took over")
+                return True
+        return False  # pragma: no cover - backoff_delays never ends
+
+    def close(self, timeout: float | None = None) -> None:
+        try:
+            self.producer.close(timeout=self.timeout_ms / 1000 if timeout is None else timeout)
+        except Exception:  # noqa: BLE001 - records it can no longer send: drop them
+            _close_now(self.producer)
+
+
+def _close_now(producer: Any) -> None:
+    """Close without waiting. kafka-python's ``close`` flushes first and raises when records are
+    left that it cannot send; its sender is then stopped by force (failing those records)."""
+    try:
+        producer.close(timeout=0)
+    except Exception:  # noqa: BLE001
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        try:
+            producer.close(timeout=1)
+        except Exception as err:  # noqa: BLE001 - nothing more to do: it is gone
+            log.debug("closing a producer failed: %r", err)
 
 
 # --------------------------------------------------------------------------- runner
@@ -238,8 +351,12 @@ class BatchRunner:
         metrics: ConsumerMetrics | None = None,
         lag_interval_s: float = 5.0,
         idle_poll_ms: int = 500,
+        transactional_producer: Any = None,
     ) -> None:
+        """``transactional_producer``: a producer after ``init_transactions()``, the one the
+        step sends with; each batch is then one transaction with its offsets in it."""
         self.consumer = consumer
+        self.producer = transactional_producer
         self.topic = topic
         self.step = step
         self.batch_size = batch_size
@@ -387,10 +504,30 @@ class BatchRunner:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if not have:
+                self._skip_unreturned()
                 self._housekeeping()
         with self._lock:
             batch, self._buffer = self._buffer, []
         return batch
+
+    def _skip_unreturned(self) -> None:
+        """Idle (nothing buffered, every record polled so far processed): a partition's fetch
+        position past its done offset only passed offsets that are never returned (transaction
+        markers, records of aborted transactions), so the position is done too. Otherwise the
+        committed offset would stay one marker short of the end of a transactional topic and
+        the group would look behind forever."""
+        with self._lock:
+            partitions = [tp for tp in self._done if tp in self._owned]
+        for tp in partitions:
+            try:
+                position = self.consumer.position(tp, timeout_ms=1000)
+            except Exception as err:  # noqa: BLE001 - revoked meanwhile: its new owner does it
+                log.debug("position of %s unknown: %r", tp, err)
+                continue
+            with self._lock:
+                done = self._done.get(tp)
+                if position is not None and done is not None and position > done:
+                    self._done[tp] = position
 
     def _housekeeping(self) -> None:
         health.beat()  # after every batch and every idle poll: the loop is alive (/healthz)
@@ -431,18 +568,35 @@ class BatchRunner:
                     if self.metrics:
                         self.metrics.messages_in.inc(len(batch))
                         self.metrics.batch_size.observe(len(batch))
+                    if self.producer is not None:
+                        self.producer.begin_transaction()
                     try:
                         self.step(batch)
                     except ShutdownRequestedError:
+                        self._abort(len(batch))
                         log.info(
                             "shutdown during a batch; its %d records stay uncommitted", len(batch)
                         )
                         break
+                    except DeliveryError as err:
+                        if self.producer is None or not hasattr(self.producer, "renew"):
+                            raise
+                        log.warning("batch not delivered in its transaction: %r", err)
+                        self._start_over(batch)
+                        continue
+                    except BaseException:
+                        self._abort(len(batch))
+                        raise
+                    offsets = _next_offsets(batch)
+                    if self.producer is not None and not self._commit_transaction(offsets):
+                        self._start_over(batch)
+                        continue
                     with self._lock:
-                        for record in batch:
-                            tp = _tp(record)
-                            if record.offset + 1 > self._done.get(tp, -1):
-                                self._done[tp] = record.offset + 1
+                        for tp, meta in offsets.items():
+                            if meta.offset > self._done.get(tp, -1):
+                                self._done[tp] = meta.offset
+                                if self.producer is not None:  # committed with the batch
+                                    self._committed[tp] = meta.offset
                     self.processed += len(batch)
                     if self.metrics:
                         self.metrics.batch_latency.observe(time.perf_counter() - started)
@@ -451,6 +605,60 @@ class BatchRunner:
         finally:
             self.close()
         return 0
+
+    def _abort(self, records: int) -> None:
+        """The step raised: abort its transaction (nothing it sent becomes visible). An abort
+        that fails too is only logged; the step's error is what stops the runner."""
+        if self.producer is None:
+            return
+        try:
+            self.producer.abort_transaction()
+            log.info("transaction of a batch of %d records aborted", records)
+        except Exception as err:  # noqa: BLE001 - the broker aborts it after its timeout
+            log.error("aborting the transaction failed: %r", err)
+
+    def _commit_transaction(self, offsets: dict[Any, Any]) -> bool:
+        """Put ``offsets`` into the open transaction and commit it; False when that failed (the
+        caller aborts it and reads the batch again)."""
+        try:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            self.producer.commit_transaction()
+        except Exception as err:  # noqa: BLE001 - aborted by the caller; the batch is read again
+            log.warning("transaction not committed: %r", err)
+            return False
+        if self.metrics:
+            self.metrics.commits.inc()
+        return True
+
+    def _start_over(self, batch: list[Any]) -> None:
+        """The batch's transaction failed: abort it (or, when the producer cannot, e.g. because
+        the broker aborted the transaction on its timeout and fenced the producer's epoch,
+        replace the producer: see :class:`TransactionalProducer`) and seek back to read the
+        batch again."""
+        if self.metrics:
+            self.metrics.errors.labels("transaction").inc()
+        try:
+            self.producer.abort_transaction()
+            log.info("transaction aborted; the batch of %d records is read again", len(batch))
+        except Exception as err:
+            renew = getattr(self.producer, "renew", None)
+            if renew is None:
+                raise
+            log.warning("the transaction cannot be aborted (%r): starting a new producer", err)
+            if not renew(self.stop):
+                return  # stopping meanwhile: the batch stays uncommitted
+        self._rewind(batch)
+
+    def _rewind(self, batch: list[Any]) -> None:
+        """Seek back to the first record of ``batch`` in each partition still assigned."""
+        first: dict[Any, int] = {}
+        for record in batch:
+            tp = _tp(record)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
 
     def close(self) -> None:
         try:
@@ -504,6 +712,8 @@ def run_consumer(
     batch_max_wait_ms: int,
     commit_interval_ms: int,
     metrics_port: int,
+    transactional_id: str = "",
+    transaction_timeout_ms: int = 10000,
     **start_info: str,
 ) -> int:
     """A consumer process (``fraudstream bridge``, ``writer``) from start to exit code.
@@ -514,6 +724,11 @@ def run_consumer(
     ``/healthz`` on ``metrics_port`` (0 = off), consumes ``topic`` in ``group_id``
     (``group_instance_id``: static membership, "" = none), logs "<name> starting" with
     ``start_info`` and returns :func:`run_to_exit_code`'s exit code.
+
+    ``transactional_id`` (not empty): the producer is transactional with that id and
+    ``transaction_timeout_ms``, and every batch is one transaction (see the module docstring);
+    ``init_transactions`` at the start aborts what a previous process with the same id left
+    open. A broker that cannot do transactions ends the process with exit code 1.
     """
     from fraudstream.dlq import DeadLetters
     from fraudstream.logs import setup_logging
@@ -525,7 +740,24 @@ def run_consumer(
     metrics = ConsumerMetrics.create(name)
     stop = threading.Event()
     install_signal_handlers(stop)
-    producer = make_producer(kafka.kafka_bootstrap_servers)
+    producer: Any
+    if transactional_id:
+        try:
+            producer = TransactionalProducer(
+                kafka.kafka_bootstrap_servers, transactional_id, transaction_timeout_ms
+            )
+        except Exception as err:  # noqa: BLE001 - reported, then the exit code says it
+            log.error(
+                "%s: init_transactions failed (%r): does the broker support transactions "
+                "(transaction.state.log.replication.factor <= brokers)?",
+                name,
+                err,
+                extra={"transactional_id": transactional_id},
+            )
+            return 1
+        metrics.errors.labels("transaction")  # a series at 0 from the start
+    else:
+        producer = make_producer(kafka.kafka_bootstrap_servers)
     guard = BridgeSettings()  # DLQ_MAX_RATIO / DLQ_WINDOW apply to every consumer
     dead_letters = DeadLetters(
         producer, kafka.topic_dlq, guard.dlq_max_ratio, guard.dlq_window, metrics
@@ -544,7 +776,10 @@ def run_consumer(
         commit_interval_ms=commit_interval_ms,
         stop=stop,
         metrics=metrics,
+        transactional_producer=producer if transactional_id else None,
     )
+    if transactional_id:
+        start_info = {**start_info, "transactional_id": transactional_id}
     log.info("%s starting", name, extra={"topic_in": topic, "group_id": group_id, **start_info})
     return run_to_exit_code(runner, name, [*closers, producer])
 
@@ -553,3 +788,14 @@ def _tp(record: Any) -> Any:
     from kafka import TopicPartition
 
     return TopicPartition(record.topic, record.partition)
+
+
+def _next_offsets(batch: list[Any]) -> dict[Any, Any]:
+    """Per partition of ``batch``: the offset after its last record (what to commit)."""
+    from kafka.structs import OffsetAndMetadata
+
+    last: dict[Any, int] = {}
+    for record in batch:
+        tp = _tp(record)
+        last[tp] = max(last.get(tp, -1), record.offset)
+    return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}

@@ -121,15 +121,50 @@ def _run_step(argv: list[str], env: dict[str, str], log_path: Path) -> None:
 
 
 class Counts:
-    """sent / scored / DLQ from the topics' end offsets, written from the table."""
+    """sent from the end offsets of ``transactions``, written from the table, scored / DLQ by
+    counting the records of those topics as a read_committed reader gets them: the bridge
+    writes them in transactions, whose commit markers (and aborted records) take offsets too,
+    so end offsets would overcount."""
 
     def __init__(self, bootstrap: str, dsn: str, topics: dict[str, str]) -> None:
         from kafka import KafkaConsumer
 
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.tally = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id="fraudstream-up-counts",
+        )
+        self.tallied = {topics["scoring"]: 0, topics["dlq"]: 0}
+        self.assigned = False
         self.dsn = dsn
         self.topics = topics
         self.conn: Any = None
+
+    def _tally(self) -> dict[str, int]:
+        """Records of ``scoring`` and the DLQ so far (counted from the start, a bounded number
+        per call, so a long existing topic is caught up with over a few calls)."""
+        from kafka import TopicPartition
+
+        if not self.assigned:
+            parts = [
+                TopicPartition(topic, p)
+                for topic in self.tallied
+                for p in self.consumer.partitions_for_topic(topic) or ()
+            ]
+            if not parts:
+                return self.tallied
+            self.tally.assign(parts)
+            self.tally.seek_to_beginning(*parts)
+            self.assigned = True
+        for _ in range(20):
+            polled = self.tally.poll(timeout_ms=50, max_records=5000)
+            if not polled:
+                break
+            for tp, records in polled.items():
+                self.tallied[tp.topic] += len(records)
+        return self.tallied
 
     def _end(self, topic: str) -> int:
         from kafka import TopicPartition
@@ -153,15 +188,17 @@ class Counts:
             return -1
 
     def read(self) -> dict[str, int]:
+        tallied = self._tally()
         return {
             "sent": self._end(self.topics["transactions"]),
-            "scored": self._end(self.topics["scoring"]),
+            "scored": tallied[self.topics["scoring"]],
             "written": self._written(),
-            "dlq": self._end(self.topics["dlq"]),
+            "dlq": tallied[self.topics["dlq"]],
         }
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+        self.tally.close(autocommit=False)
         if self.conn is not None:
             self.conn.close()
 

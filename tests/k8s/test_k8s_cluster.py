@@ -138,6 +138,27 @@ def test_kafka_is_single_node_kraft_from_the_official_image() -> None:
         assert c[probe]
 
 
+def test_kafka_runs_the_bridges_transactions() -> None:
+    """The bridge commits each batch as a Kafka transaction (BRIDGE_TRANSACTIONS, on by
+    default): the transaction state log must fit a single broker, the bridge's timeout must be
+    one the broker accepts, and a killed bridge's open transaction is aborted soon after it."""
+    from fraudstream.settings import BridgeSettings
+
+    sts = named(infra(), "StatefulSet", "kafka")
+    (c,) = containers(sts)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    brokers = sts["spec"]["replicas"]
+    replication = int(env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"])
+    assert replication <= brokers
+    assert int(env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) <= replication
+    bridge = BridgeSettings.model_fields
+    assert bridge["bridge_transactions"].default is True
+    timeout = bridge["bridge_transaction_timeout_ms"].default
+    assert timeout <= int(env.get("KAFKA_TRANSACTION_MAX_TIMEOUT_MS", 900_000))
+    cleanup = int(env["KAFKA_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS"])
+    assert cleanup <= timeout / 5
+
+
 def _quantity_bytes(quantity: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
     m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)", quantity)

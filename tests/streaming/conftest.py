@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import psycopg2
 import pytest
 
@@ -319,11 +320,16 @@ def committed_and_end(bootstrap: str, group: str, topic: str) -> tuple[int, int]
         consumer.close(autocommit=False)
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
-    """Every record of ``topic`` (no group)."""
+def read_topic(
+    bootstrap: str, topic: str, timeout: float = 10.0, isolation_level: str = "read_committed"
+) -> list:
+    """Every record of ``topic`` (no group), as a downstream reader sees it: ``read_committed``
+    (records of open or aborted transactions left out) unless told ``read_uncommitted``."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+    )
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         consumer.assign(parts)
@@ -342,12 +348,51 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
 @dataclass
 class RunningScorer:
     url: str
+    history: str = "memory"  # where it keeps card history: memory / postgres
 
 
 @pytest.fixture
 def scorer(scorer_url: str) -> RunningScorer:
     """The real BentoML scorer (the session's ``bentoml serve``) the pipeline tests run against."""
     return RunningScorer(scorer_url)
+
+
+@pytest.fixture
+def pg_history_scorer(tmp_path: Path, scorer_env: dict[str, str], pg_url: str) -> Iterator[str]:
+    """A real ``bentoml serve`` keeping its card history in this test's PostgreSQL schema (the
+    chart's default), the schema the pipeline's writer uses too."""
+    from fraudstream.local.scorer import ScorerServer
+    from fraudstream.migrations import migrate
+
+    migrate(pg_url)
+    env = {**scorer_env, "DATABASE_URL": pg_url}
+    with ScorerServer(tmp_path / "pg-scorer.log", env=env) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["memory-history", "postgres-history"])
+def history_scorer(request: pytest.FixtureRequest) -> RunningScorer:
+    """The real scorer with its card history in memory (the session's) and in PostgreSQL."""
+    if request.param == "memory-history":
+        return RunningScorer(request.getfixturevalue("scorer_url"))
+    return RunningScorer(request.getfixturevalue("pg_history_scorer"), history="postgres")
+
+
+def history_ids(pg_url: str) -> list[str]:
+    """The transaction ids in the PostgreSQL history (``card_history_seen``), one per row."""
+    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT transaction_id FROM card_history_seen")
+        return [row[0] for row in cur.fetchall()]
+
+
+def metric_value(component: Component, name: str) -> float:
+    """A counter's value from ``component``'s /metrics (0 when absent)."""
+    port = component.argv[component.argv.index("--metrics-port") + 1]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 @pytest.fixture

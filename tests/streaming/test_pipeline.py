@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 
 import httpx
 import psycopg2
 import pytest
 
-from .conftest import N_TRANSACTIONS, committed_and_end, produce, read_topic, wait_until
+from .conftest import (
+    N_TRANSACTIONS,
+    committed_and_end,
+    history_ids,
+    metric_value,
+    produce,
+    read_topic,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 120
@@ -22,6 +31,15 @@ def assert_exactly_once(pipe, ids: list[str]) -> None:
     assert pipe.ids() == set(ids)
 
 
+def assert_scoring_once(pipe, ids: list[str]) -> None:
+    """``scoring``, read as a read_committed reader does, holds each id's result exactly once
+    (the bridge's batches are transactions: a crashed batch's results are aborted)."""
+    records = read_topic(pipe.bootstrap, pipe.topics["scoring"], timeout=60)
+    seen = Counter(r.key.decode() for r in records)
+    assert set(seen) == set(ids)
+    assert [tx for tx, n in seen.items() if n > 1] == []
+
+
 def scores_by_id(pipe) -> dict[str, tuple]:
     with psycopg2.connect(pipe.pg_url) as conn, conn.cursor() as cur:
         cur.execute(
@@ -31,10 +49,11 @@ def scores_by_id(pipe) -> dict[str, tuple]:
 
 
 def test_end_to_end_every_transaction_once_with_the_scorers_score(
-    pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+    pipeline_factory, history_scorer, kafka_bootstrap, loaded_transactions
 ):
     import time
 
+    scorer = history_scorer
     pipe = pipeline_factory(scorer.url)
     bridge, writer = pipe.component("bridge").start(), pipe.component("writer").start()
     began = time.monotonic()
@@ -68,6 +87,14 @@ def test_end_to_end_every_transaction_once_with_the_scorers_score(
             assert name in text, (comp.name, name)
         in_total = next(line for line in text.splitlines() if line.startswith(names[0] + " "))
         assert float(in_total.split()[1]) >= N_TRANSACTIONS
+
+    # nothing was processed twice: the writer inserted each id once and met none again (the
+    # UNIQUE constraint alone would hide a second insert attempt)
+    assert metric_value(writer, "fraudstream_writer_rows_inserted_total") == N_TRANSACTIONS
+    assert metric_value(writer, "fraudstream_writer_rows_duplicate_total") == 0
+    if scorer.history == "postgres":  # the scorer recorded each transaction once
+        history = history_ids(pipe.pg_url)
+        assert len(history) == len(set(history)) == N_TRANSACTIONS and set(history) == set(ids)
 
     # SIGTERM: both finish, commit and exit 0 with every offset committed
     assert bridge.terminate() == 0, bridge.tail()
@@ -105,11 +132,18 @@ def test_end_to_end_every_transaction_once_with_the_scorers_score(
                 )
 
 
-@pytest.mark.parametrize("victim", ["bridge", "writer"])
+@pytest.mark.parametrize(
+    ("victim", "history"),
+    [("bridge", "memory"), ("writer", "memory"), ("bridge", "postgres")],
+    ids=["bridge", "writer", "bridge-postgres-history"],
+)
 def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(
-    victim, pipeline_factory, scorer, kafka_bootstrap, loaded_transactions
+    victim, history, request, pipeline_factory, kafka_bootstrap, loaded_transactions
 ):
-    pipe = pipeline_factory(scorer.url)
+    """With the bridge's transactions the writer (never restarted) meets no result twice; with
+    the history in PostgreSQL the re-scored batch is recorded in it once."""
+    url = request.getfixturevalue("pg_history_scorer" if history == "postgres" else "scorer_url")
+    pipe = pipeline_factory(url)
     parts = {"bridge": pipe.component("bridge"), "writer": pipe.component("writer")}
     for comp in parts.values():
         comp.start()
@@ -141,6 +175,14 @@ def test_kill_9_mid_run_then_restart_loses_and_doubles_nothing(
         what="offsets committed after the restart",
     )
     assert_exactly_once(pipe, ids)
+    assert_scoring_once(pipe, ids)
+    if victim == "bridge":
+        writer = parts["writer"]
+        assert metric_value(writer, "fraudstream_writer_rows_duplicate_total") == 0
+        assert metric_value(writer, "fraudstream_writer_rows_inserted_total") == N_TRANSACTIONS
+    if history == "postgres":
+        recorded = history_ids(pipe.pg_url)
+        assert len(recorded) == len(set(recorded)) and set(recorded) == set(ids)
     print(f"{victim} killed at {killed_at} rows; {len(ids)} rows, all distinct")
 
 
@@ -314,3 +356,4 @@ def test_two_bridges_and_two_writers_share_the_work_through_rebalances(
     sender.join(RUN_TIMEOUT)
     pipe.wait_rows(N_TRANSACTIONS, RUN_TIMEOUT)
     assert_exactly_once(pipe, ids)
+    assert_scoring_once(pipe, ids)

@@ -94,8 +94,10 @@ REFUSALS = {
 }
 
 
-def exit_code(component, failure: str, within_s: float = 20) -> int:
-    """The exit code of a component that must stop by itself; the test fails if it keeps running."""
+def exit_code(component, failure: str, within_s: float = 90) -> int:
+    """The exit code of a component that must stop by itself; the test fails if it keeps running.
+    It stops within seconds; the bound is wide because a loaded CI machine can take 20 s only
+    to start the process and join the group."""
     try:
         return component.proc.wait(within_s)
     except subprocess.TimeoutExpired:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -18,18 +17,6 @@ from .conftest import FRAUDSTREAM, committed_and_end, wait_until
 
 pytestmark = pytest.mark.integration
 N_ROWS = 5000
-
-
-@pytest.fixture
-def pg_history_scorer(tmp_path: Path, scorer_env: dict[str, str], pg_url: str) -> Iterator[str]:
-    """A real ``bentoml serve`` keeping its history in this test's PostgreSQL schema."""
-    from fraudstream.local.scorer import ScorerServer
-    from fraudstream.migrations import migrate
-
-    migrate(pg_url)
-    env = {**scorer_env, "DATABASE_URL": pg_url}
-    with ScorerServer(tmp_path / "pg-scorer.log", env=env) as server:
-        yield server.url
 
 
 def _history(pg_url: str) -> tuple[list[tuple], list[tuple]]:

@@ -139,8 +139,13 @@ class KafkaBroker:
                     f"log.dirs={self.workdir / 'data'}",
                     "offsets.topic.replication.factor=1",
                     "offsets.topic.num.partitions=6",
+                    # transactions (the bridge's) on a single broker
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
+                    # look for timed-out transactions every second (default 10 s): a killed
+                    # bridge's open one stops holding read_committed readers soon after its
+                    # BRIDGE_TRANSACTION_TIMEOUT_MS
+                    "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
                     "group.initial.rebalance.delay.ms=0",
                     "num.partitions=1",
                     "auto.create.topics.enable=true",
