@@ -1,6 +1,6 @@
-"""Labels and live quality on the real pipeline: real Kafka, PostgreSQL and the real ``fraudstream
-replay`` / ``bridge`` / ``writer`` / ``labels load`` / ``labels consume`` / ``report`` processes
-(the stub scorer flags amounts from 1,000 on).
+"""Labels and live quality on the real pipeline: real Kafka and PostgreSQL, ``fraudstream bridge``,
+``writer`` and ``labels consume`` as processes (the stub scorer flags amounts from 1,000 on);
+``fraudstream replay``, ``labels load`` and ``report`` through the CLI's entry point.
 
 - a labelled file replayed, then its labels loaded: ``fraudstream report`` and the quality
   gauges agree with the confusion matrix computed here from ``scores`` and the file;
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import subprocess
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,16 +30,6 @@ from .conftest import FRAUDSTREAM, Component, read_topic, topic_env, wait_until
 pytestmark = pytest.mark.integration
 
 PERSONAL_VALUES = ("Darlene", "33.9659", "-80.9355")
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*FRAUDSTREAM, *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
@@ -104,10 +92,17 @@ def confusion(url: str, truth: dict[str, bool]) -> dict[str, float]:
     return counts
 
 
-def report(url: str, env: dict[str, str], since: str = "1h") -> list[dict]:
-    done = cli("report", "--since", since, "--json", "--database-url", url, env=env)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+def report(url: str, capsys, *args: str) -> str:
+    """``fraudstream report ...`` (its entry point, in this process: no interpreter to start)."""
+    from fraudstream.cli import main
+
+    capsys.readouterr()
+    assert main(["report", *args, "--database-url", url]) == 0
+    return capsys.readouterr().out
+
+
+def report_json(url: str, capsys) -> list[dict]:
+    return json.loads(report(url, capsys, "--since", "1h", "--json"))
 
 
 def labels_consumer(pipe, **env: str) -> Component:
@@ -142,8 +137,9 @@ def create_labels_topic(pipe) -> None:
 
 
 def test_report_and_gauges_match_a_confusion_matrix_of_a_replayed_labelled_file(
-    pipeline_factory, stub_scorer, kafka_bootstrap, topics, tmp_path
+    pipeline_factory, stub_scorer, kafka_bootstrap, topics, tmp_path, capsys, monkeypatch
 ):
+    from fraudstream.cli import main
     from fraudstream.identity import frame_transaction_ids
     from fraudstream.loader import load_csv
 
@@ -160,14 +156,15 @@ def test_report_and_gauges_match_a_confusion_matrix_of_a_replayed_labelled_file(
     consumer = labels_consumer(pipe)
     env = topic_env(kafka_bootstrap, topics)
 
-    sent = cli("replay", str(path), "--rate", "0", env=env)
-    assert sent.returncode == 0, sent.stderr
+    # the commands' entry points in this process (no interpreter to start for each)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["replay", str(path), "--rate", "0"]) == 0
     pipe.wait_rows(len(truth), timeout=60)
     assert pipe.ids() == set(truth)  # replay and the test derive the same ids
 
-    loaded = cli("labels", "load", str(path), "--source", "test-file", env=env)
-    assert loaded.returncode == 0, loaded.stderr
-    assert "sent 160 label(s)" in loaded.stdout
+    assert main(["labels", "load", str(path), "--source", "test-file"]) == 0
+    assert "sent 160 label(s)" in capsys.readouterr().out
     wait_until(
         lambda: query(pipe.pg_url, "SELECT count(*) FROM labels")[0][0] == len(truth),
         30,
@@ -177,7 +174,7 @@ def test_report_and_gauges_match_a_confusion_matrix_of_a_replayed_labelled_file(
 
     expected = confusion(pipe.pg_url, truth)
     assert all(expected[k] for k in ("true_positives", "false_positives", "false_negatives"))
-    (got,) = report(pipe.pg_url, env)
+    (got,) = report_json(pipe.pg_url, capsys)
     assert got["model_version"] == "stub:1"
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
@@ -189,12 +186,9 @@ def test_report_and_gauges_match_a_confusion_matrix_of_a_replayed_labelled_file(
     assert got["false_positive_rate"] == pytest.approx(fp / (fp + tn))
     assert got["alert_rate"] == pytest.approx((tp + fp) / len(truth))
 
-    table = cli("report", "--since", "7d", "--database-url", pipe.pg_url, env=env)
-    assert table.returncode == 0, table.stderr
-    row = next(line for line in table.stdout.splitlines() if line.startswith("stub:1"))
+    table = report(pipe.pg_url, capsys, "--since", "7d")
+    row = next(line for line in table.splitlines() if line.startswith("stub:1"))
     assert row.split()[1:5] == [str(len(truth)), str(tp + fn), str(tp + fp), f"{got['recall']:.2%}"]
-    bad = cli("report", "--since", "7 days", "--database-url", pipe.pg_url, env=env)
-    assert bad.returncode == 2 and "not a duration" in bad.stderr
 
     # the labels consumer's gauges say the same
     wait_until(
@@ -247,7 +241,7 @@ def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> No
 
 
 def test_labels_are_idempotent_latest_wins_early_ones_wait_and_bad_ones_go_to_the_dlq(
-    pipeline_factory, kafka_bootstrap, pg_url
+    pipeline_factory, kafka_bootstrap, pg_url, capsys
 ):
     pipe = pipeline_factory("http://127.0.0.1:9")  # no bridge: scores are produced directly
     create_labels_topic(pipe)
@@ -303,13 +297,12 @@ def test_labels_are_idempotent_latest_wins_early_ones_wait_and_bad_ones_go_to_th
     assert not {c for (c,) in columns} & PERSONAL_FIELDS
 
     # the early label counts once its score is there; only the scored one counts before
-    env = topic_env(kafka_bootstrap, pipe.topics)
-    (before,) = report(pg_url, env)
+    (before,) = report_json(pg_url, capsys)
     assert (before["labelled"], before["false_negatives"]) == (1, 1)
     assert before["missed_fraud_amount"] == 640.0 and before["recall"] == 0.0
     produce(kafka_bootstrap, pipe.topics["scoring"], [score_message(early, True, 20.0)])
     pipe.wait_rows(2, timeout=30)
-    (after,) = report(pg_url, env)
+    (after,) = report_json(pg_url, capsys)
     assert (after["labelled"], after["false_positives"], after["false_negatives"]) == (2, 1, 1)
     assert after["precision"] == 0.0 and after["false_positive_rate"] == 1.0
 
@@ -323,7 +316,7 @@ def test_labels_are_idempotent_latest_wins_early_ones_wait_and_bad_ones_go_to_th
     wait_until(lambda: label_of(sentinel), 30, what="the sentinel label")
     wait_until(lambda: query(pg_url, "SELECT count(*) FROM labels") == [(3,)], 10)
     assert label_of(scored) == [(False, later, "chargeback")]
-    (last,) = report(pg_url, env)
+    (last,) = report_json(pg_url, capsys)
     assert (last["true_negatives"], last["false_negatives"], last["recall"]) == (1, 0, None)
     pipe.stop_all()
     for comp in pipe.components:
@@ -331,21 +324,24 @@ def test_labels_are_idempotent_latest_wins_early_ones_wait_and_bad_ones_go_to_th
 
 
 def test_labels_load_sends_a_kaggle_labels_file_and_reports_bad_rows(
-    kafka_bootstrap, topics, tmp_path
+    kafka_bootstrap, topics, tmp_path, monkeypatch, capsys
 ):
+    from fraudstream.cli import main
     from fraudstream.topics import create_topics
 
     create_topics(kafka_bootstrap, [topics["labels"]], 1, 3600_000, 1)
     path = tmp_path / "labels.csv"
     path.write_text("trans_num,is_fraud\nk-1,1\nk-2,0\nk-3,maybe\n")
-    done = cli("labels", "load", str(path), env=topic_env(kafka_bootstrap, topics))
-    assert done.returncode == 0, done.stderr
-    assert "sent 2 label(s) (1 fraud)" in done.stdout
-    assert "line 4, column is_fraud" in done.stderr
+    for name, value in topic_env(kafka_bootstrap, topics).items():
+        monkeypatch.setenv(name, value)
+    assert main(["labels", "load", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "sent 2 label(s) (1 fraud)" in out
+    assert "line 4, column is_fraud" in err
     values = [json.loads(r.value) for r in read_topic(kafka_bootstrap, topics["labels"])]
     assert sorted((v["transaction_id"], v["is_fraud"], v["source"]) for v in values) == [
         ("k-1", True, "csv"),
         ("k-2", False, "csv"),
     ]
-    missing = cli("labels", "load", str(tmp_path / "nope.csv"), env={})
-    assert missing.returncode == 1 and "no such file" in missing.stderr
+    assert main(["labels", "load", str(tmp_path / "nope.csv")]) == 1
+    assert "no such file" in capsys.readouterr().err
