@@ -174,9 +174,9 @@ def test_missing_fields_and_not_json_are_named():
 
 def test_a_teta_file_without_ids_gets_the_ids_replay_derives(tmp_path):
     path = tmp_path / "teta.csv"
-    rows = [
-        {**EXAMPLE_TRANSACTION, "amount": 10.0 + i, "target": i % 2} for i in range(4)
-    ] + [{**EXAMPLE_TRANSACTION, "amount": 10.0, "target": 1}]  # the same as row 0: occurrence 1
+    rows = [{**EXAMPLE_TRANSACTION, "amount": 10.0 + i, "target": i % 2} for i in range(4)] + [
+        {**EXAMPLE_TRANSACTION, "amount": 10.0, "target": 1}
+    ]  # the same as row 0: occurrence 1
     cols = [*TETA_COLUMNS, "target"]
     lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in rows]
     lines.append(lines[1].replace("shopping_net", "no_such_category"))  # skipped, as replay does
@@ -246,7 +246,9 @@ def test_step_keeps_the_latest_label_of_a_batch_and_dead_letters_the_bad_ones():
         label(is_fraud=False, labelled_at="2026-01-01T00:00:00Z"),  # older
         label(transaction_id="tx-2", is_fraud="maybe"),
     ]
-    records = [Record("labels", 0, i, b"k", json.dumps(v).encode(), 0) for i, v in enumerate(values)]
+    records = [
+        Record("labels", 0, i, b"k", json.dumps(v).encode(), 0) for i, v in enumerate(values)
+    ]
     step(records)
     (rows,) = store.batches
     assert [(r[0], r[1]) for r in rows] == [("tx-1", True)]
