@@ -408,7 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="store the labels topic in PostgreSQL and export the live quality gauges",
     )
     consume.add_argument("--database-url", help="default: $DATABASE_URL")
-    consume.add_argument("--metrics-port", type=int, help="default: $METRICS_PORT (9103)")
+    consume.add_argument("--metrics-port", type=int, help="default: $METRICS_PORT (9104)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -201,7 +201,7 @@ class LabelsSettings(_Base):
     quality_max_rows: int = Field(default=1_000_000, ge=1)
     # ... and are computed again every this many seconds (0 = never: no quality gauges)
     quality_refresh_s: float = Field(default=60.0, ge=0)
-    metrics_port: int = 9103
+    metrics_port: int = 9104
 
 
 class IdentitySettings(_Base):
