@@ -85,6 +85,7 @@ def topics() -> dict[str, str]:
         "transactions": f"transactions-{suffix}",
         "scoring": f"scoring-{suffix}",
         "dlq": f"transactions.dlq-{suffix}",
+        "labels": f"labels-{suffix}",
     }
 
 

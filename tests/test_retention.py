@@ -139,6 +139,31 @@ def test_scores_prune_deletes_rows_written_before_the_retention(pg_url: str, mon
     assert [t for (t,) in query(pg_url, "SELECT transaction_id FROM scores")] == ["tx-6"]
 
 
+def test_scores_prune_deletes_labels_stored_before_their_retention(
+    pg_url: str, monkeypatch, capsys
+):
+    migrate(pg_url)
+    for i, days in enumerate([200, 120, 61, 59, 0]):
+        query(
+            pg_url,
+            "INSERT INTO labels (transaction_id, is_fraud, labelled_at, source, stored_at)"
+            " VALUES (%s, true, now(), 'test', now() - make_interval(days => %s))",
+            (f"tx-{i}", days),
+        )
+    monkeypatch.setenv("LABELS_RETENTION_DAYS", "60")
+    monkeypatch.setenv("PRUNE_BATCH_SIZE", "2")
+    assert main(["scores", "prune", "--database-url", pg_url]) == 0
+    assert "labels: deleted 3 row(s) in 2 batch(es)" in capsys.readouterr().out
+    left = query(pg_url, "SELECT transaction_id FROM labels ORDER BY transaction_id")
+    assert [t for (t,) in left] == ["tx-3", "tx-4"]
+    assert ("labels_stored_at",) in query(
+        pg_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'labels'"
+    )
+    args = ["scores", "prune", "--labels-retention-days", "1", "--database-url", pg_url]
+    assert main(args) == 0
+    assert [t for (t,) in query(pg_url, "SELECT transaction_id FROM labels")] == ["tx-4"]
+
+
 def test_prune_without_a_database_says_so(monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", "")
     assert main(["scores", "prune"]) == 2

@@ -26,6 +26,16 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "replay": ("fraudstream.replay", "stream", "produce a CSV's transactions to Kafka"),
     "bridge": ("fraudstream.bridge", "stream", "consume transactions, score them, publish scores"),
     "writer": ("fraudstream.writer", "stream", "consume scores and store them in PostgreSQL"),
+    "labels": (
+        "fraudstream.labels",
+        "stream",
+        "load confirmed outcomes into the labels topic, or store them in PostgreSQL",
+    ),
+    "report": (
+        "fraudstream.quality",
+        "stream",
+        "live quality per model version from scores and labels (recall, false positives, ...)",
+    ),
     "dlq": ("fraudstream.dlq", "stream", "list or replay the dead-letter topic"),
     "history": (
         "fraudstream.retention",

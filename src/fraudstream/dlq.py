@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
             bootstrap,
             kafka.topic_dlq,
             args.reason,
-            {kafka.topic_transactions, kafka.topic_scoring},
+            {kafka.topic_transactions, kafka.topic_scoring, kafka.topic_labels},
             dry_run=args.dry_run,
         )
     except DlqMissingError as err:

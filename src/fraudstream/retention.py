@@ -9,6 +9,8 @@
   (7 days) + ``HISTORY_DEDUPE_DAYS`` are deleted; such a card's next transaction starts a new
   history (every window of its old state is empty by then; its lifetime aggregates go).
 * ``scores``: rows written more than ``SCORES_RETENTION_DAYS`` (90) ago are deleted.
+* ``labels``: rows stored (or last overridden) more than ``LABELS_RETENTION_DAYS`` (90) ago are
+  deleted by the same ``fraudstream scores prune``.
 
 Deletes run in batches of ``PRUNE_BATCH_SIZE`` rows, each its own short transaction, so a prune
 never holds many locks for long (the scorer and the writer keep going) and can be stopped at any
@@ -160,6 +162,32 @@ def prune_scores(
         conn.close()
 
 
+def prune_labels(
+    dsn: str,
+    retention_days: float,
+    batch_size: int = 5_000,
+    settings: DatabaseSettings | None = None,
+) -> PruneResult:
+    """Delete the rows of ``labels`` stored more than ``retention_days`` ago, oldest first."""
+    from fraudstream.database import connect
+
+    conn = connect(dsn, settings, application_name="fraudstream-prune")
+    try:
+        before = _cutoff(conn, retention_days * DAY_S)
+
+        def batch(cur: Any) -> tuple[int, bool]:
+            cur.execute(
+                "DELETE FROM labels WHERE transaction_id IN (SELECT transaction_id FROM labels"
+                " WHERE stored_at < %s ORDER BY stored_at LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (before, batch_size),
+            )
+            return cur.rowcount, cur.rowcount == batch_size
+
+        return _batches(conn, PruneResult("labels"), batch)
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -199,10 +227,17 @@ def add_history_arguments(parser: argparse.ArgumentParser) -> None:
 def add_scores_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     prune = actions.add_parser(
-        "prune", help="delete the scores written longer ago than the retention"
+        "prune",
+        help="delete the scores written and the labels stored longer ago than their retention",
     )
     prune.add_argument(
         "--retention-days", type=float, default=None, help="default: $SCORES_RETENTION_DAYS (90)"
+    )
+    prune.add_argument(
+        "--labels-retention-days",
+        type=float,
+        default=None,
+        help="default: $LABELS_RETENTION_DAYS (90)",
     )
     _batch_argument(prune)
     _database_argument(prune)
@@ -254,5 +289,14 @@ def run_scores(args: argparse.Namespace) -> int:
     dsn = _setup(args)
     settings = RetentionSettings()
     days = settings.scores_retention_days if args.retention_days is None else args.retention_days
+    labels_days = (
+        settings.labels_retention_days
+        if args.labels_retention_days is None
+        else args.labels_retention_days
+    )
     size = args.batch_size or settings.prune_batch_size
-    return _run_prune("scores prune", lambda url: [prune_scores(url, days, size)], dsn)
+    return _run_prune(
+        "scores prune",
+        lambda url: [prune_scores(url, days, size), prune_labels(url, labels_days, size)],
+        dsn,
+    )

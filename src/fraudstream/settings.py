@@ -24,6 +24,8 @@ class KafkaSettings(_Base):
     topic_transactions: str = "transactions"
     topic_scoring: str = "scoring"
     topic_dlq: str = "transactions.dlq"
+    # confirmed outcomes (fraudstream.labels.Label; key = transaction_id)
+    topic_labels: str = "labels"
     topic_partitions: int = 6
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
     # most bytes kept per partition before the oldest segments go (-1 = no size limit, Kafka's
@@ -82,6 +84,8 @@ class RetentionSettings(_Base):
     history_dedupe_days: float = Field(default=30.0, gt=0)
     # rows of `scores` are kept this long after they were written
     scores_retention_days: float = Field(default=90.0, gt=0)
+    # rows of `labels` are kept this long after they were last stored (pruned with the scores)
+    labels_retention_days: float = Field(default=90.0, gt=0)
     # rows deleted per transaction (short transactions: no long locks, no long vacuum debt)
     prune_batch_size: int = Field(default=5_000, ge=1)
 
@@ -179,6 +183,25 @@ class WriterSettings(_Base):
     # batch this many times in a row: bisect it and send the rows it fails on to the DLQ
     db_max_attempts: int = 5
     metrics_port: int = 9102
+
+
+class LabelsSettings(_Base):
+    """``fraudstream labels consume``: labels -> PostgreSQL table ``labels``, and the live quality
+    gauges (:mod:`fraudstream.quality`) it refreshes from ``scores`` x ``labels``."""
+
+    labels_group_id: str = "fraudstream-labels"
+    labels_group_instance_id: str = ""  # static membership, as BRIDGE_GROUP_INSTANCE_ID
+    labels_batch_size: int = Field(default=1000, ge=1)
+    labels_batch_max_wait_ms: int = Field(default=50, ge=0)
+    labels_commit_interval_ms: int = Field(default=1000, ge=0)
+    # the quality gauges cover the transactions scored (written to `scores`) this long ago or
+    # less that have a label ...
+    quality_window_s: float = Field(default=7 * 86400.0, gt=0)
+    # ... at most this many of them, the most recently scored (a bounded query) ...
+    quality_max_rows: int = Field(default=1_000_000, ge=1)
+    # ... and are computed again every this many seconds (0 = never: no quality gauges)
+    quality_refresh_s: float = Field(default=60.0, ge=0)
+    metrics_port: int = 9104
 
 
 class IdentitySettings(_Base):

@@ -219,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         "transactions": kafka_settings.topic_transactions,
         "scoring": kafka_settings.topic_scoring,
         "dlq": kafka_settings.topic_dlq,
+        "labels": kafka_settings.topic_labels,
     }
 
     services: list = []  # Kafka, PostgreSQL: stopped last
@@ -298,6 +299,9 @@ def run(args: argparse.Namespace) -> int:
                 logs / f"{name}.log",
             )
             parts.append(part.start())
+        ports["labels"] = _port(9104)
+        labels_argv = [*cli, "labels", "consume", "--metrics-port", str(ports["labels"])]
+        parts.append(Part("labels", labels_argv, pipeline_env, logs / "labels.log").start())
 
         if not args.no_ui:
             ports["ui"] = _port(args.ui_port)
@@ -334,6 +338,8 @@ def run(args: argparse.Namespace) -> int:
             f"scorer       {scorer.url}/score_batch   (metrics {scorer.url}/metrics)\n"
             f"bridge       metrics http://127.0.0.1:{ports['bridge']}/metrics\n"
             f"writer       metrics http://127.0.0.1:{ports['writer']}/metrics\n"
+            f"labels       metrics http://127.0.0.1:{ports['labels']}/metrics   (quality:"
+            " fraudstream report)\n"
             + (
                 f"replay       {rate:g} transactions/s from {stream_csv}   "
                 f"metrics http://127.0.0.1:{ports['replay']}/metrics\n"

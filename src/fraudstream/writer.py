@@ -100,19 +100,27 @@ class ScoreStore:
         retry_max_s: float = 10.0,
         metrics: WriterMetrics | None = None,
         max_attempts: int = 5,
+        sql: str = INSERT_SQL,
+        application_name: str = "fraudstream-writer",
     ) -> None:
+        """``sql``: the statement each batch of rows is sent with (``execute_values``);
+        ``metrics``: anything with ``db_write`` (a Histogram) and ``errors`` (by type)."""
         self.dsn = dsn
         self.stop = stop
         self.retry_max_s = retry_max_s
         self.metrics = metrics
         self.max_attempts = max(1, max_attempts)
+        self.sql = sql
+        self.application_name = application_name
         self.conn: Any = None
 
     def _connect(self) -> Any:
         from fraudstream.database import connect
 
         # a batch insert may take longer than the default statement limit on a busy server
-        return connect(self.dsn, statement_timeout_ms=60_000, application_name="fraudstream-writer")
+        return connect(
+            self.dsn, statement_timeout_ms=60_000, application_name=self.application_name
+        )
 
     def close(self) -> None:
         if self.conn is not None:
@@ -141,7 +149,7 @@ class ScoreStore:
                         log.info("reconnected to PostgreSQL")
                 started = time.perf_counter()
                 with self.conn.cursor() as cur:
-                    execute_values(cur, INSERT_SQL, rows, page_size=len(rows))
+                    execute_values(cur, self.sql, rows, page_size=len(rows))
                     inserted = cur.rowcount
                 self.conn.commit()
                 if self.metrics:
@@ -257,16 +265,20 @@ class WriterStep:
                 self.writer_metrics.e2e_latency.observe((now - at).total_seconds())
 
     def _store(self, rows: list[tuple]) -> tuple[int, list[tuple[tuple, str]]]:
-        """Insert ``rows``; when PostgreSQL refuses them, halve until the refused rows are
-        found. Returns (rows inserted, [(refused row, error)])."""
-        try:
-            return self.store.insert(rows), []
-        except RowsRejectedError as err:
-            if len(rows) == 1:
-                return 0, [(rows[0], str(err))]
-        mid = len(rows) // 2
-        left, right = self._store(rows[:mid]), self._store(rows[mid:])
-        return left[0] + right[0], left[1] + right[1]
+        return store_bisecting(self.store, rows)
+
+
+def store_bisecting(store: ScoreStore, rows: list[tuple]) -> tuple[int, list[tuple[tuple, str]]]:
+    """Insert ``rows``; when PostgreSQL refuses them, halve until the refused rows are found.
+    Returns (rows inserted, [(refused row, error)])."""
+    try:
+        return store.insert(rows), []
+    except RowsRejectedError as err:
+        if len(rows) == 1:
+            return 0, [(rows[0], str(err))]
+    mid = len(rows) // 2
+    left, right = store_bisecting(store, rows[:mid]), store_bisecting(store, rows[mid:])
+    return left[0] + right[0], left[1] + right[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

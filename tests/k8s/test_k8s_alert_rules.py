@@ -210,7 +210,7 @@ SCENARIOS = [
     ),
 ]
 
-for _component in ("bridge", "writer"):
+for _component in ("bridge", "writer", "labels"):
     _dlq = f"FraudDeadLetterQueueGrowing/{_component}"
     _metric = f"fraudstream_{_component}_dlq_messages_total"
     _other = "writer" if _component == "bridge" else "bridge"
@@ -240,7 +240,7 @@ for _component in ("bridge", "writer"):
         ),
     ]
 
-for _component in ("scorer", "bridge", "writer"):
+for _component in ("scorer", "bridge", "writer", "labels"):
     _down = f"Fraud{_component.title()}Down"
     _up = f'up{{{NS}, job="fraudstream-{_component}"'
     SCENARIOS += [

@@ -34,6 +34,7 @@ from fraudstream.settings import (
     HealthSettings,
     IdentitySettings,
     KafkaSettings,
+    LabelsSettings,
     LogSettings,
     RetentionSettings,
     ScorerSettings,
@@ -153,6 +154,9 @@ def test_default_render_has_every_part() -> None:
         ("PodDisruptionBudget", "fraudstream-scorer"),
         ("Deployment", "fraudstream-bridge"),
         ("Deployment", "fraudstream-writer"),
+        ("Deployment", "fraudstream-labels"),
+        ("Service", "fraudstream-labels"),
+        ("NetworkPolicy", "fraudstream-labels"),
         ("Job", "fraudstream-migrations"),
         ("Job", "fraudstream-topics"),
         ("CronJob", "fraudstream-prune"),
@@ -251,7 +255,7 @@ def test_scorer_sends_no_usage_analytics() -> None:
     assert container_env(objects, {}, c)["BENTOML_DO_NOT_TRACK"] == "True"
 
 
-@pytest.mark.parametrize("component", ["bridge", "writer"])
+@pytest.mark.parametrize("component", ["bridge", "writer", "labels"])
 def test_consumer_liveness_follows_loop_progress(component: str) -> None:
     """/metrics answers while the consumer loop is stuck: liveness asks /healthz, which turns
     503 once the loop has made no progress for LIVENESS_MAX_AGE_S."""
@@ -317,7 +321,7 @@ def test_keda_scales_the_bridge_on_lag_within_partitions() -> None:
     assert not by_kind(render(), "ScaledObject"), "KEDA must be off by default"
 
 
-@pytest.mark.parametrize("component", ["bridge", "writer"])
+@pytest.mark.parametrize("component", ["bridge", "writer", "labels"])
 def test_consumers_never_outnumber_partitions(component: str) -> None:
     objects = render()
     dep = named(objects, "Deployment", f"fraudstream-{component}")
@@ -339,7 +343,12 @@ def test_consumers_get_longer_than_a_batch_to_stop() -> None:
     env = named(objects, "ConfigMap", "fraudstream-writer")["data"]
     batch = float(env["DB_RETRY_MAX_S"]) + int(env["WRITER_BATCH_MAX_WAIT_MS"]) / 1000
     assert writer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > batch
-    for name in ("fraudstream-bridge", "fraudstream-writer"):
+    labels = named(objects, "Deployment", "fraudstream-labels")
+    env = named(objects, "ConfigMap", "fraudstream-labels")["data"]
+    batch = float(env["DB_RETRY_MAX_S"]) + int(env["LABELS_BATCH_MAX_WAIT_MS"]) / 1000
+    assert labels["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > batch
+    assert containers(labels)[0]["args"] == ["labels", "consume"]
+    for name in ("fraudstream-bridge", "fraudstream-writer", "fraudstream-labels"):
         c = containers(named(objects, "Deployment", name))[0]
         assert any(p["name"] == "metrics" for p in c["ports"]), name
 
@@ -390,6 +399,15 @@ SETTINGS_OF = {
     "scorer": (ScorerSettings, DatabaseSettings, LogSettings, IdentitySettings),
     "bridge": (KafkaSettings, BridgeSettings, HealthSettings, LogSettings),
     "writer": (KafkaSettings, WriterSettings, HealthSettings, DatabaseSettings, LogSettings),
+    # DB_RETRY_MAX_S is the writer's setting, read by the labels consumer too
+    "labels": (
+        KafkaSettings,
+        LabelsSettings,
+        WriterSettings,
+        HealthSettings,
+        DatabaseSettings,
+        LogSettings,
+    ),  # fmt: skip
     "migrations": (DatabaseSettings, LogSettings),
     "topics": (KafkaSettings, LogSettings),
     "ui": (KafkaSettings, DatabaseSettings, UiSettings, IdentitySettings),
@@ -418,6 +436,17 @@ REQUIRED = {
         "WRITER_GROUP_ID",
         "LIVENESS_MAX_AGE_S",
     },
+    "labels": {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "TOPIC_LABELS",
+        "DATABASE_URL",
+        "PGPASSWORD",
+        "METRICS_PORT",
+        "LABELS_GROUP_ID",
+        "LIVENESS_MAX_AGE_S",
+        "QUALITY_WINDOW_S",
+        "QUALITY_REFRESH_S",
+    },
     "migrations": {"DATABASE_URL", "PGPASSWORD"},
     # the volume of a broker is finite: every topic is bounded by size as well as by time
     "topics": {
@@ -432,6 +461,7 @@ REQUIRED = {
         "PGPASSWORD",
         "HISTORY_DEDUPE_DAYS",
         "SCORES_RETENTION_DAYS",
+        "LABELS_RETENTION_DAYS",
         "PRUNE_BATCH_SIZE",
     },
 }
@@ -838,13 +868,13 @@ def test_every_consumer_has_a_down_alert_and_a_dlq_alert() -> None:
     objects = render()
     alerts = alerts_of(objects)
     services = {s["metadata"]["name"] for s in by_kind(objects, "Service")}
-    for component in ("scorer", "bridge", "writer"):
+    for component in ("scorer", "bridge", "writer", "labels"):
         (down,) = [a for a in alerts if a["alert"] == f"Fraud{component.title()}Down"]
         (job,) = re.findall(r'job="([^"]+)"', down["expr"])
         assert job in services, "the job label of a ServiceMonitor target is its Service name"
         assert down["expr"].strip().startswith("absent(") and down.get("for")
     dlq = {a["labels"]["component"]: a["expr"] for a in alerts if "dlq_messages" in a["expr"]}
-    assert set(dlq) == {"bridge", "writer"}
+    assert set(dlq) == {"bridge", "writer", "labels"}
     for component, expr in dlq.items():
         assert f"fraudstream_{component}_dlq_messages_total" in expr
     minimal = {a["alert"] for a in alerts_of(render(values=scenario_values("minimal-values.yaml")))}

@@ -121,10 +121,10 @@ def scrape(url: str, deadline_s: float = 60) -> str:
 def consumer_metrics(
     kafka_bootstrap: str, postgres_url: str, topics: dict[str, str], tmp_path: Path
 ) -> Iterator[str]:
-    """/metrics text of a real bridge and a real writer."""
+    """/metrics text of a real bridge, a real writer and a real labels consumer."""
     procs, pages = [], []
     try:
-        for component in ("bridge", "writer"):
+        for component, *action in (["bridge"], ["writer"], ["labels", "consume"]):
             port = free_port()
             env = {
                 **os.environ,
@@ -132,6 +132,8 @@ def consumer_metrics(
                 "TOPIC_TRANSACTIONS": topics["transactions"],
                 "TOPIC_SCORING": topics["scoring"],
                 "TOPIC_DLQ": topics["dlq"],
+                "TOPIC_LABELS": topics["labels"],
+                "LABELS_GROUP_ID": f"labels-{topics['scoring']}",
                 "BRIDGE_GROUP_ID": f"bridge-{topics['scoring']}",
                 "WRITER_GROUP_ID": f"writer-{topics['scoring']}",
                 "SCORER_URL": "http://127.0.0.1:9",  # never called: the topic stays empty
@@ -142,7 +144,7 @@ def consumer_metrics(
             log = (tmp_path / f"{component}.log").open("w")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "fraudstream.cli", component],
+                    [sys.executable, "-m", "fraudstream.cli", component, *action],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -162,7 +164,12 @@ def consumer_metrics(
 
 COMPONENT_PREFIXES = {
     "scorer": ("bentoml_service_", "fraudstream_scorer_"),
-    "consumers": ("fraudstream_bridge_", "fraudstream_writer_"),
+    "consumers": (
+        "fraudstream_bridge_",
+        "fraudstream_writer_",
+        "fraudstream_labels_",
+        "fraudstream_quality_",
+    ),
 }
 
 

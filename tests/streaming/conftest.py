@@ -130,6 +130,7 @@ class Pipeline:
                 "TOPIC_TRANSACTIONS": self.topics["transactions"],
                 "TOPIC_SCORING": self.topics["scoring"],
                 "TOPIC_DLQ": self.topics["dlq"],
+                "TOPIC_LABELS": self.topics.get("labels", "labels"),
                 "SCORER_URL": self.scorer_url,
                 "BRIDGE_GROUP_ID": self.bridge_group,
                 "WRITER_GROUP_ID": self.writer_group,
@@ -413,4 +414,5 @@ def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
         "TOPIC_TRANSACTIONS": topics["transactions"],
         "TOPIC_SCORING": topics["scoring"],
         "TOPIC_DLQ": topics["dlq"],
+        "TOPIC_LABELS": topics["labels"],
     }

@@ -1,4 +1,4 @@
-{{/* Deployment of one Kafka consumer (call with dict "root" $ "component" "bridge"|"writer"). */}}
+{{/* Deployment of one Kafka consumer (call with dict "root" $ "component" "bridge"|"writer"|"labels"). */}}
 {{- define "fraudstream.consumerDeployment" -}}
 {{- $root := .root }}
 {{- $values := index $root.Values .component }}
@@ -56,7 +56,7 @@ spec:
           image: {{ include "fraudstream.image" (dict "root" $root "image" $root.Values.images.consumers) | quote }}
           imagePullPolicy: {{ $root.Values.images.pullPolicy }}
           command: ["fraudstream"]
-          args: [{{ .component | quote }}]
+          args: {{ ternary (list "labels" "consume") (list .component) (eq .component "labels") | toJson }}
           ports:
             - name: metrics
               containerPort: {{ $values.metricsPort }}
@@ -64,9 +64,10 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ include "fraudstream.componentName" . }}
-          {{- if or (eq .component "writer") $values.extraEnv }}
+          {{- $database := has .component (list "writer" "labels") }}
+          {{- if or $database $values.extraEnv }}
           env:
-            {{- if eq .component "writer" }}
+            {{- if $database }}
             {{- include "fraudstream.databaseEnv" $root | nindent 12 }}
             {{- end }}
             {{- with $values.extraEnv }}

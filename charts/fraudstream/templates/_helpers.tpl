@@ -120,6 +120,7 @@ KAFKA_BOOTSTRAP_SERVERS: {{ .Values.kafka.bootstrapServers | quote }}
 TOPIC_TRANSACTIONS: {{ .Values.kafka.topics.transactions | quote }}
 TOPIC_SCORING: {{ .Values.kafka.topics.scoring | quote }}
 TOPIC_DLQ: {{ .Values.kafka.topics.dlq | quote }}
+TOPIC_LABELS: {{ .Values.kafka.topics.labels | quote }}
 TOPIC_PARTITIONS: {{ .Values.kafka.topics.partitions | quote }}
 TOPIC_RETENTION_MS: {{ .Values.kafka.topics.retentionMs | int64 | quote }}
 TOPIC_RETENTION_BYTES: {{ .Values.kafka.topics.retentionBytes | int64 | quote }}
