@@ -6,8 +6,9 @@ against the distribution the model was trained for.
   sample) and records each bin's share: a :class:`DriftReference`, saved in the model's
   metadata under :data:`REFERENCE_KEY`.
 * At serving, a :class:`DriftWindow` keeps the bin of each monitored value for the last ``size``
-  scored transactions (a ring buffer of small integers: bounded memory, one numpy pass per
-  batch), and :meth:`DriftWindow.psi` compares the window's shares with the reference's.
+  scored transactions (a ring buffer of small integers: bounded memory; batches are binned
+  together by numpy, 1,000 transactions at a time), and :meth:`DriftWindow.psi` compares the
+  window's shares with the reference's.
 
 Bins: a numeric feature is cut at its reference deciles (at its distinct values when it has
 few, e.g. a 0/1 flag), plus one bin for a missing value (NaN); a categorical one has a bin per
@@ -22,6 +23,7 @@ significant one.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ DEFAULT_BINS = 10
 DEFAULT_TOP_FEATURES = 5
 MAX_CATEGORIES = 50
 EPSILON = 1e-4
+BIN_EVERY = 1000  # scored transactions binned together (see DriftWindow.add)
 
 
 def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
@@ -74,19 +77,26 @@ class FeatureBins:
         return len(self.categories) + 1 if self.categorical else len(self.edges) + 2
 
     def codes(self, values: np.ndarray) -> np.ndarray:
-        """The bin of each value (uint8)."""
+        """The bin of each value (integers, 0 to ``n_bins - 1``)."""
         import numpy as np
 
         if self.categorical:
-            index = {name: i for i, name in enumerate(self.categories)}
-            other = len(self.categories)
-            return np.fromiter(
-                (index.get(v, other) for v in values), dtype=np.uint8, count=len(values)
-            )
+            index, other = self._index, len(self.categories)
+            return np.fromiter((index.get(v, other) for v in values), np.int64, len(values))
         numbers = np.asarray(values, dtype=np.float64)
-        codes = np.searchsorted(self.edges, numbers, side="right").astype(np.uint8)
+        codes = np.searchsorted(self._edges, numbers, side="right")
         codes[np.isnan(numbers)] = len(self.edges) + 1
         return codes
+
+    @functools.cached_property
+    def _edges(self) -> np.ndarray:
+        import numpy as np
+
+        return np.array(self.edges, dtype=np.float64)
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.categories)}
 
     @classmethod
     def numeric(cls, name: str, values: np.ndarray, bins: int = DEFAULT_BINS) -> FeatureBins:
@@ -197,9 +207,10 @@ def build_reference(
 class DriftWindow:
     """The bins of the score and monitored features of the last ``size`` scored transactions.
 
-    Memory: ``size`` x (monitored features + 1) bytes. :meth:`add` costs one numpy pass per
-    monitored value and batch; :meth:`psi` one ``bincount`` per value over the window.
-    Thread-safe.
+    :meth:`add` only keeps a reference to the batch: batches are binned together once
+    :data:`BIN_EVERY` transactions wait (or when the counts are read), so a one-transaction
+    ``/score`` call pays no numpy work of its own. Memory: ``size`` x (monitored values) bytes
+    of bins, plus the batches waiting to be binned. Thread-safe.
     """
 
     def __init__(self, reference: DriftReference, feature_names: Sequence[str], size: int) -> None:
@@ -216,41 +227,31 @@ class DriftWindow:
         self.size = size
         self._columns = [list(feature_names).index(name) for name in reference.names[1:]]
         self._codes = np.zeros((size, len(reference.features)), dtype=np.uint8)
-        self._next = 0  # where the next transaction goes
-        self._count = 0
+        self._next = 0  # where the next binned transaction goes in the ring
+        self._count = 0  # binned transactions in the ring
+        self._waiting: list[tuple[np.ndarray, np.ndarray]] = []  # batches not binned yet
+        self._waiting_rows = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self._count
+        """Transactions in the window."""
+        return min(self._count + self._waiting_rows, self.size)
 
     def add(self, rows: np.ndarray, scores: np.ndarray) -> None:
         """Count a scored batch: model-input ``rows`` (2-D, the model's feature order) and
-        their ``scores``."""
-        import numpy as np
-
-        if len(scores) > self.size:  # only the last `size` can stay
-            rows, scores = rows[-self.size :], scores[-self.size :]
-        n = len(scores)
-        if n == 0:
-            return
-        bins = self.reference.features
-        codes = np.empty((n, len(bins)), dtype=np.uint8)
-        codes[:, 0] = bins[0].codes(scores)
-        for k, column in enumerate(self._columns, start=1):
-            codes[:, k] = bins[k].codes(rows[:, column])
+        their ``scores``. The arrays must not be changed afterwards."""
         with self._lock:
-            first = self._next
-            head = min(n, self.size - first)
-            self._codes[first : first + head] = codes[:head]
-            self._codes[: n - head] = codes[head:]
-            self._next = (first + n) % self.size
-            self._count = min(self._count + n, self.size)
+            self._waiting.append((rows, scores))
+            self._waiting_rows += len(scores)
+            if self._waiting_rows >= min(BIN_EVERY, self.size):
+                self._bin_waiting()
 
     def counts(self) -> dict[str, np.ndarray]:
         """Transactions per bin in the window, by monitored value."""
         import numpy as np
 
         with self._lock:
+            self._bin_waiting()
             window = self._codes[: self._count].copy()
         return {
             f.name: np.bincount(window[:, k], minlength=f.n_bins)
@@ -259,9 +260,30 @@ class DriftWindow:
 
     def psi(self) -> dict[str, float]:
         """PSI of each monitored value over the window (empty while the window is)."""
+        counts = self.counts()
         if not self._count:
             return {}
-        return {
-            f.name: psi(f.shares, counts)
-            for f, counts in zip(self.reference.features, self.counts().values(), strict=True)
-        }
+        return {f.name: psi(f.shares, counts[f.name]) for f in self.reference.features}
+
+    def _bin_waiting(self) -> None:
+        """Bin the waiting batches into the ring (the lock is held)."""
+        import numpy as np
+
+        if not self._waiting:
+            return
+        rows = np.concatenate([r for r, _ in self._waiting])[-self.size :]
+        scores = np.concatenate([s for _, s in self._waiting])[-self.size :]
+        self._waiting.clear()
+        self._waiting_rows = 0
+        n = len(scores)
+        bins = self.reference.features
+        codes = np.empty((n, len(bins)), dtype=np.uint8)
+        codes[:, 0] = bins[0].codes(scores)
+        for k, column in enumerate(self._columns, start=1):
+            codes[:, k] = bins[k].codes(rows[:, column])
+        first = self._next
+        head = min(n, self.size - first)
+        self._codes[first : first + head] = codes[:head]
+        self._codes[: n - head] = codes[head:]
+        self._next = (first + n) % self.size
+        self._count = min(self._count + n, self.size)
