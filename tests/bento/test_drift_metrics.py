@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from asyncio import run
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,10 +71,11 @@ def test_psi_gauges_stay_low_in_distribution_and_rise_with_amounts_times_three(
         score(client, unseen[400:])
         before = psi_gauges(client)
         # shifted: the same transactions (new ids) with amounts x3, filling the whole window
-        score(
-            client,
-            [t | {"transaction_id": f"x3-{uuid.uuid4()}", "amount": t["amount"] * 3} for t in unseen],
-        )
+        tripled = [
+            t | {"transaction_id": f"x3-{i}", "amount": t["amount"] * 3}
+            for i, t in enumerate(unseen)
+        ]
+        score(client, tripled)
         after = psi_gauges(client)
     print("PSI in distribution:", before, "\nPSI amounts x3:", after)
     assert set(before) == set(after) == set(reference.names)
