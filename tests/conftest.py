@@ -91,13 +91,16 @@ def topics() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def scorer_env(bentoml_home: str | Path, trained_model: str) -> dict[str, str]:
-    """Environment of a test scorer: ``trained_model``, in-memory history, one worker."""
+    """Environment of a test scorer: ``trained_model``, in-memory history, one worker, PSI
+    gauges from the first scored batch (tests/k8s/test_k8s_promql.py reads every metric the
+    chart names)."""
     return {
         "BENTOML_HOME": str(bentoml_home),
         "MODEL_TAG": str(trained_model),
         "DATABASE_URL": "",
         "WORKERS": "1",
         "LOG_FORMAT": "json",
+        "DRIFT_MIN_TRANSACTIONS": "1",
     }
 
 

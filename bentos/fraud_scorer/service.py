@@ -35,12 +35,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from fraudstream.call_merger import CallMerger, MergerOverloadedError
+from fraudstream.drift import DriftReference, DriftWindow
 from fraudstream.identity import transaction_id_of
 from fraudstream.schema import CATEGORIES, EXAMPLE_TRANSACTION, Transaction, error_message
 from fraudstream.scoring import ScoreResult
 from fraudstream.settings import DatabaseSettings, LogSettings, ScorerSettings
 
 if TYPE_CHECKING:
+    import numpy as np
     from starlette.requests import Request
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,6 +81,7 @@ class ScorerMetrics:
     model_info: Any
     rejected: Any
     merged: Any
+    psi: Any
 
 
 MERGED_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -123,7 +126,31 @@ def metrics() -> ScorerMetrics:
             "POST /score calls merged into one scoring call",
             buckets=MERGED_BUCKETS,
         ),
+        psi=prom.Gauge(
+            "fraudstream_scorer_psi",
+            "Population stability index of the score / a top feature over the last DRIFT_WINDOW "
+            "scored transactions against the model's training reference (worst worker)",
+            ["feature"],
+            multiprocess_mode="livemax",
+        ),
     )
+
+
+def drift_window_of(
+    metadata: dict[str, Any], feature_names: list[str], version: str
+) -> DriftWindow | None:
+    """The model's :class:`DriftWindow` (``DRIFT_WINDOW`` transactions), or None with a log
+    line: a model saved without a drift reference (older ones) is served without PSI gauges."""
+    if not SETTINGS.drift_window:
+        return None
+    try:
+        reference = DriftReference.from_metadata(metadata)
+        if reference is not None:
+            return DriftWindow(reference, feature_names, SETTINGS.drift_window)
+        log.warning("model %s has no drift reference: no PSI gauges (retrain to get them)", version)
+    except ValueError as err:
+        log.warning("model %s: unusable drift reference, no PSI gauges: %s", version, err)
+    return None
 
 
 # --------------------------------------------------------------------------- input validation
@@ -440,6 +467,17 @@ class FraudScorer:
             on_batch=lambda calls, _items: self.metrics.merged.observe(calls),
         )
         self.metrics.model_info.labels(version, f"{self.scorer.threshold:.6g}").set(1)
+        self.drift: DriftWindow | None = drift_window_of(
+            metadata, self.scorer.feature_names, version
+        )
+        self._drift_due = 0.0  # time.monotonic() of the next PSI gauge update
+        if self.drift is not None:
+            self.scorer.on_scored = self._count_drift
+            log.info(
+                "drift: PSI of %s over the last %d transactions",
+                ", ".join(self.drift.reference.names),
+                self.drift.size,
+            )
         for endpoint in ("score", "score_batch"):  # every series exists from the start at 0
             for category in CATEGORIES:
                 self.metrics.transactions.labels(endpoint, category)
@@ -521,6 +559,17 @@ class FraudScorer:
         for category, count in flagged.items():
             m.fraud_flags.labels(endpoint, category).inc(count)
         return results
+
+    def _count_drift(self, rows: np.ndarray, scores: np.ndarray) -> None:
+        """Count a scored batch into the drift window; refresh the PSI gauges when due."""
+        assert self.drift is not None
+        self.drift.add(rows, scores)
+        now = time.monotonic()
+        if now < self._drift_due or len(self.drift) < SETTINGS.drift_min_transactions:
+            return
+        self._drift_due = now + SETTINGS.drift_update_interval_s
+        for feature, value in self.drift.psi().items():
+            self.metrics.psi.labels(feature).set(value)
 
     @bentoml.on_startup
     def prepare_for_serving(self) -> None:

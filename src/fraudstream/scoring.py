@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -92,6 +92,9 @@ class Scorer:
         self.history: HistoryStore = history if history is not None else InMemoryHistoryStore()
         self.threshold: float = float(threshold if threshold is not None else metadata["threshold"])
         self.model_version = model_version
+        # called with (model-input rows, scores) of every scored batch (the scorer service's
+        # drift window counts them: fraudstream.drift)
+        self.on_scored: Callable[[np.ndarray, np.ndarray], None] | None = None
         self._lock = threading.Lock()
 
     def features(self, transactions: Sequence[Transaction]) -> tuple[list[str], np.ndarray]:
@@ -125,6 +128,8 @@ class Scorer:
             return []
         ids, features = self.features(transactions)
         scores = self.predict(features)
+        if self.on_scored is not None:
+            self.on_scored(features, scores)
         flags = scores >= self.threshold
         reasons: dict[int, list[Reason]] = {}
         if explain and flags.any():

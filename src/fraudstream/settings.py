@@ -127,6 +127,13 @@ class ScorerSettings(_Base):
     trace_requests: bool = False
     # CatBoost SHAP algorithm behind `reasons`: Approximate (fast) | Regular | Exact
     shap_calc_type: Literal["Approximate", "Regular", "Exact"] = "Approximate"
+    # drift (fraudstream.drift): PSI of the score and of the model's top features over the last
+    # this many scored transactions, per worker (0 = no PSI gauges)
+    drift_window: int = Field(default=10_000, ge=0)
+    # the PSI gauges appear once the window holds this many transactions (fewer are too noisy)
+    drift_min_transactions: int = Field(default=1_000, ge=1)
+    # the PSI gauges are recomputed after a scored batch, at most once per this many seconds
+    drift_update_interval_s: float = Field(default=15.0, ge=0)
 
 
 def env_names(*classes: type[BaseSettings]) -> set[str]:

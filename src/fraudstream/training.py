@@ -4,8 +4,8 @@ Time-based split (train on the earlier part, validate on the later one), native 
 features, class imbalance handled by class weights, early stopping on validation PR AUC. The
 decision threshold is the highest one that reaches the target recall on validation. The model
 goes to the BentoML model store as ``fraud-model`` with its metadata (threshold, features,
-metrics, data fingerprint, package version), which is what :class:`fraudstream.scoring.Scorer`
-reads.
+metrics, data fingerprint, package version, the drift reference of :mod:`fraudstream.drift`),
+which is what :class:`fraudstream.scoring.Scorer` and the scorer service read.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fraudstream import __version__
+from fraudstream import __version__, drift
 from fraudstream.features import CATEGORICAL_FEATURES, feature_names
 
 if TYPE_CHECKING:
@@ -173,6 +173,13 @@ def fit(
         y[valid], scores, config.target_recall, config.margin_z, config.max_fpr
     )
     metrics = quality_metrics(y[valid], scores, threshold)
+    # drift reference: the validation period (every row, out-of-sample scores) is the traffic
+    # the model was tuned for; the training rows are subsampled and scored in sample
+    monitored = drift.top_features(
+        names, model.get_feature_importance(), drift.DEFAULT_TOP_FEATURES
+    )
+    valid_features = {name: features[name].to_numpy()[valid] for name in monitored}
+    reference = drift.build_reference(valid_features, scores, monitored, cats)
     times = frame["transaction_time"]
     metadata: dict[str, Any] = {
         "threshold": threshold,
@@ -193,6 +200,7 @@ def fit(
         "best_iteration": int(model.get_best_iteration() or 0),
         "training_seconds": round(time.perf_counter() - started, 1),
         "fraud_share": float(np.mean(y)),
+        drift.REFERENCE_KEY: reference.to_metadata(),
     }
     return model, metadata
 

@@ -78,12 +78,18 @@ def bridge_lag(values: str, partition: int = 0) -> str:
     )
 
 
+def psi(pod: str, feature: str, values: str) -> str:
+    """The drift gauge of one scorer pod and monitored feature."""
+    return f'fraudstream_scorer_psi{{{NS}, pod="{pod}", feature="{feature}"}} {values}'
+
+
 OUT = f'fraudstream_bridge_messages_out_total{{{NS}, pod="b1"}}'
 INSERTED = f'fraudstream_writer_rows_inserted_total{{{NS}, pod="w1"}}'
 DUPLICATE = f'fraudstream_writer_rows_duplicate_total{{{NS}, pod="w1"}}'
 NOT_WRITTEN = "FraudScoresNotWritten"
 NOT_CONSUMING = "FraudBridgeNotConsuming"
 LAG_HIGH = "FraudBridgeConsumerLagHigh"
+DRIFT = "FraudModelDrift"
 
 SCENARIOS = [
     Scenario(
@@ -144,6 +150,25 @@ SCENARIOS = [
             f'fraudstream_scorer_transactions_total{{{NS}, endpoint="score_batch"}} 0+100x80',
         ],
         [("FraudRateSpike", "20m", True)],
+    ),
+    Scenario(
+        "in distribution: every PSI below 0.1; exactly 0.2 is not above it",
+        [
+            psi("s1", "score", "0.05x80"),
+            psi("s1", "amount", "0.02x80"),
+            psi("s2", "cat_id", "0.2x80"),
+        ],
+        [(DRIFT, "10m", False)],
+    ),
+    Scenario(
+        "amounts x3 from 5m, seen by one of two scorer pods",
+        [psi("s1", "amount", "0.02x20 1.1x60"), psi("s2", "amount", "0.03x80")],
+        [(DRIFT, "4m", False), (DRIFT, "10m", True)],
+    ),
+    Scenario(
+        "another namespace's scorer drifts",
+        ['fraudstream_scorer_psi{namespace="other", pod="s1", feature="score"} 0.9x80'],
+        [(DRIFT, "10m", False)],
     ),
     Scenario(
         "20,000 records behind (the bridge's own gauge, no kafka-exporter)",

@@ -788,6 +788,7 @@ def test_prometheus_rule_has_the_promised_alerts() -> None:
         "FraudScorerLatencyHigh",
         "FraudScorerBatchLatencyHigh",
         "FraudRateSpike",
+        "FraudModelDrift",
         "FraudBridgeConsumerLagHigh",
         "FraudBridgeNotConsuming",
         "FraudScoresNotWritten",
@@ -812,6 +813,16 @@ def test_latency_alerts_are_per_endpoint() -> None:
         if "bentoml_service_request_total" in a["expr"]:
             # probes (/readyz, /livez) are requests too: they must not dilute the error ratio
             assert 'endpoint=~"/score|/score_batch"' in a["expr"]
+
+
+def test_drift_alert_is_psi_above_0_2_for_15_minutes_per_feature() -> None:
+    (alert,) = [a for a in alerts_of(render()) if a["alert"] == "FraudModelDrift"]
+    expr = " ".join(alert["expr"].split())
+    assert expr == 'max by (feature) (fraudstream_scorer_psi{namespace="fraudstream"}) > 0.2'
+    assert alert["for"] == "15m" and alert["labels"]["severity"] == "warning"
+    sets = ("prometheusRule.driftPsi=1", "prometheusRule.driftFor=1h")
+    (changed,) = [a for a in alerts_of(render(sets=sets)) if a["alert"] == "FraudModelDrift"]
+    assert changed["expr"].strip().endswith("> 1") and changed["for"] == "1h"
 
 
 def test_scores_not_written_needs_traffic_and_survives_a_writer_at_zero() -> None:
