@@ -137,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
     metadata["data_rows"] = len(train.frame)
     metadata["retrain"] = {
         "files": train.files,
-        "window": [args.since, args.until],
+        "window": [args.since or "", args.until or ""],
         "eval_files": evaluation.files,
-        "eval_window": [args.eval_since, args.eval_until],
+        "eval_window": [args.eval_since or "", args.eval_until or ""],
     }
     tag = training.save(model, metadata)
     m = metadata["metrics"]
