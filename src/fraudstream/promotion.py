@@ -67,6 +67,17 @@ def write_champion(record: dict[str, Any], home: str | Path | None = None) -> Pa
     return path
 
 
+def champion_model(home: str | Path) -> Any | None:
+    """The champion of a BentoML home as a ``bentoml.Model`` from ``<home>/models`` (None when
+    there is no champion.json); raises when the file names a model the store lacks."""
+    record = read_champion(home)
+    if record is None:
+        return None
+    from bentoml._internal.models import ModelStore
+
+    return ModelStore(str(Path(home) / "models")).get(record["tag"])
+
+
 @dataclass
 class Decision:
     candidate: str
