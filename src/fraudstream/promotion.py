@@ -147,11 +147,14 @@ def decide(
 
 
 def table(decision: Decision) -> str:
-    lines = [f"{'model':<32}" + "".join(f"{name:>11}" for name in SHOWN)]
-    for tag, m in decision.figures.items():
-        role = "candidate" if tag == decision.candidate else "champion"
-        cells = "".join(f"{m[name]:>11.4f}" for name in SHOWN)
-        lines.append(f"{tag + ' (' + role + ')':<32}{cells}")
+    rows = {
+        f"{tag} ({'candidate' if tag == decision.candidate else 'champion'})": m
+        for tag, m in decision.figures.items()
+    }
+    width = max(len(name) for name in rows) + 2
+    lines = [f"{'model':<{width}}" + "".join(f"{name:>11}" for name in SHOWN)]
+    for name, m in rows.items():
+        lines.append(f"{name:<{width}}" + "".join(f"{m[k]:>11.4f}" for k in SHOWN))
     return "\n".join(lines)
 
 
