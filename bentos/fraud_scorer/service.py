@@ -470,7 +470,11 @@ class FraudScorer:
             log.exception("cannot load the champion from %s", SETTINGS.champion_home)
             ref = None
         if ref is None:
-            log.warning("no champion in %s: serving %s", SETTINGS.champion_home, self.model.tag)
+            log.warning(
+                "no usable champion in %s: serving the baked model %s",
+                SETTINGS.champion_home,
+                self.model.tag,
+            )
             return self.model
         log.info("serving the champion %s from %s", ref.tag, SETTINGS.champion_home)
         return ref

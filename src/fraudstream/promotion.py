@@ -158,7 +158,7 @@ def table(decision: Decision) -> str:
     return "\n".join(lines)
 
 
-def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+def finite(metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
     }
@@ -171,7 +171,7 @@ def record(decision: Decision, data: list[str], previous: dict[str, Any] | None)
         "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "previous": previous.get("tag") if previous else None,
         "evaluation_data": data,
-        "figures": {tag: _clean(m) for tag, m in decision.figures.items()},
+        "figures": {tag: finite(m) for tag, m in decision.figures.items()},
     }
 
 
@@ -242,7 +242,7 @@ def promote(args: argparse.Namespace, frame: pd.DataFrame, history: pd.DataFrame
             "promoted": promoted and not args.dry_run,
             "passed_gate": decision.promoted,
             "reasons": decision.reasons,
-            "figures": {tag: _clean(m) for tag, m in decision.figures.items()},
+            "figures": {tag: finite(m) for tag, m in decision.figures.items()},
             "champion_file": str(written) if written else None,
         }
         print(json.dumps(out))

@@ -26,6 +26,7 @@ from typing import Any
 
 from fraudstream import data_quality as dq
 from fraudstream import training
+from fraudstream.promotion import finite
 
 log = logging.getLogger(__name__)
 EXIT_REFUSED = 1
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     }
     tag = training.save(model, metadata)
     m = metadata["metrics"]
-    out.update(candidate=tag, validation=m)
+    out.update(candidate=tag, validation=finite(m))
     if not args.json:
         print(
             f"candidate {tag} saved ({metadata['train_rows']:,} train / "

@@ -35,6 +35,14 @@ def strict_model(trained_model: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def loose_model(trained_model: str) -> str:
+    """The trained model with a threshold so low that it flags many legitimate ones."""
+    ref = bentoml.models.get(trained_model)
+    metadata = {**ref.info.metadata, "threshold": 0.002}
+    return save(bentoml.catboost.load_model(ref), metadata)
+
+
+@pytest.fixture(scope="module")
 def shuffled_model(bentoml_home: Path, model_data: dict[str, Path]) -> str:
     """A model trained on shuffled labels: to reach its recall target it flags nearly all."""
     frame = load_csv(model_data["train"]).frame
@@ -56,7 +64,14 @@ def promote(capsys, candidate: str, model_data: dict[str, Path], *extra: str) ->
             *extra,
         ]
     )
-    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with capsys.disabled():  # the figures, visible with `pytest -s`
+        for tag, m in out["figures"].items():
+            role = "candidate" if tag == candidate else "champion"
+            figures = "  ".join(f"{k} {m[k]:.4f}" for k in ("recall", "fpr", "pr_auc"))
+            print(f"\n{role:<9} {tag}: {figures}", end="")
+        print(f"\n-> exit {code}, {out['reasons'] or 'promoted'}")
+    return code, out
 
 
 def test_gate_figures():
@@ -70,11 +85,10 @@ def test_gate_figures():
 
 
 def test_promote_refuses_worse_and_accepts_better(
-    trained_model, strict_model, shuffled_model, model_data, no_champion, capsys
+    trained_model, strict_model, loose_model, shuffled_model, model_data, no_champion, capsys
 ):
     # 1. a threshold that misses recall is refused, even with no champion to compare with
     code, out = promote(capsys, strict_model, model_data)
-    print("strict:", out)
     assert code == 1 and not out["promoted"] and out["champion"] is None
     assert out["figures"][strict_model]["recall"] < 0.98
     assert any("recall" in r for r in out["reasons"])
@@ -87,7 +101,6 @@ def test_promote_refuses_worse_and_accepts_better(
 
     # 3. the good model beats it: compared with the champion from the file, promoted
     code, out = promote(capsys, trained_model, model_data)
-    print("good vs shuffled:", out)
     assert code == 0 and out["promoted"] and out["champion"] == shuffled_model
     good, bad = out["figures"][trained_model], out["figures"][shuffled_model]
     assert good["recall"] >= 0.98 and good["fpr"] < bad["fpr"] - 0.005
@@ -96,9 +109,14 @@ def test_promote_refuses_worse_and_accepts_better(
 
     # 4. the shuffled model is refused against it: its FPR is far worse
     code, out = promote(capsys, shuffled_model, model_data)
-    print("shuffled vs good:", out)
     assert code == 1 and out["champion"] == trained_model
     assert any("FPR" in r for r in out["reasons"])
+    assert read_champion()["tag"] == trained_model
+
+    # 5. full recall bought with many more false positives: refused by the FPR margin alone
+    code, out = promote(capsys, loose_model, model_data)
+    assert code == 1 and out["figures"][loose_model]["recall"] >= 0.98
+    assert len(out["reasons"]) == 1 and out["reasons"][0].startswith("candidate FPR")
     assert read_champion()["tag"] == trained_model
 
     # the text report prints both models' figures and why
