@@ -5,7 +5,8 @@ through CHAMPION_HOME."""
 from __future__ import annotations
 
 import pytest
-from k8s_helpers import KUBE_VERSIONS, containers, pod_spec, render
+import yaml
+from k8s_helpers import CHART, KUBE_VERSIONS, ROOT, containers, pod_spec, render
 from test_k8s_chart import (
     _matches,
     by_kind,
@@ -117,3 +118,14 @@ def test_cronjob_follows_its_values() -> None:
     for bad in ("retrain.minRecall=2", "retrain.schedul=x"):
         with pytest.raises(AssertionError):
             render(sets=(*ON, bad))
+
+
+def test_trainer_dockerfile_installs_the_train_extra_as_the_chart_runs_it() -> None:
+    """trainer/Dockerfile (not built by skaffold; `docker build -f trainer/Dockerfile .`)
+    installs `fraudstream[train]` from the lock and runs as the chart's retrain.image.uid."""
+    text = (ROOT / "trainer" / "Dockerfile").read_text()
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert any('-c requirements.lock ".[train]"' in line for line in installs), installs
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["retrain"]["image"]
+    assert f"USER {values['uid']}:{values['uid']}" in text
+    assert values["repository"] == "fraudstream-trainer"
