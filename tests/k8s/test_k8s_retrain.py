@@ -8,6 +8,7 @@ import pytest
 import yaml
 from k8s_helpers import CHART, KUBE_VERSIONS, ROOT, containers, pod_spec, render
 from test_k8s_chart import (
+    NOT_SETTINGS,
     _matches,
     by_kind,
     container_env,
@@ -67,6 +68,7 @@ def test_cronjob_command_schedule_and_shared_volume() -> None:
     ]
     env = container_env(objects, cron, c)
     assert env["BENTOML_HOME"] == "/models"
+    assert set(env) <= set(NOT_SETTINGS)  # BentoML's and the OS's, read by no settings class
     assert {m["name"]: m["mountPath"] for m in c["volumeMounts"]} == {
         "tmp": "/tmp",
         "models": "/models",
