@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
+import pandas as pd
 import pytest
 
 from fraudstream.cli import main
@@ -51,6 +52,15 @@ def shuffled_model(bentoml_home: Path, model_data: dict[str, Path]) -> str:
     return save(model, metadata)
 
 
+@pytest.fixture(scope="module")
+def recent_history(model_data: dict[str, Path], tmp_path_factory) -> Path:
+    """The last weeks of the training file: enough to warm up the 7-day history features."""
+    frame = pd.read_csv(model_data["train"], dtype=str, keep_default_na=False)
+    path = tmp_path_factory.mktemp("history") / "june.csv"
+    frame[frame["transaction_time"] >= "2019-06-15"].to_csv(path, index=False)
+    return path
+
+
 def promote(capsys, candidate: str, model_data: dict[str, Path], *extra: str) -> tuple[int, dict]:
     code = main(
         [
@@ -59,7 +69,7 @@ def promote(capsys, candidate: str, model_data: dict[str, Path], *extra: str) ->
             "--data",
             str(model_data["test"]),
             "--history",
-            str(model_data["train"]),
+            str(model_data["history"]),
             "--json",
             *extra,
         ]
@@ -85,8 +95,16 @@ def test_gate_figures():
 
 
 def test_promote_refuses_worse_and_accepts_better(
-    trained_model, strict_model, loose_model, shuffled_model, model_data, no_champion, capsys
+    trained_model,
+    strict_model,
+    loose_model,
+    shuffled_model,
+    model_data,
+    recent_history,
+    no_champion,
+    capsys,
 ):
+    model_data = {**model_data, "history": recent_history}
     # 1. a threshold that misses recall is refused, even with no champion to compare with
     code, out = promote(capsys, strict_model, model_data)
     assert code == 1 and not out["promoted"] and out["champion"] is None
@@ -126,9 +144,11 @@ def test_promote_refuses_worse_and_accepts_better(
     assert "refused: candidate FPR" in text
 
 
-def test_promote_refuses_evaluation_on_training_rows(trained_model, model_data, no_champion,
-                                                     capsys):  # fmt: skip
-    code, out = promote(capsys, trained_model, {**model_data, "test": model_data["train"]})
+def test_promote_refuses_evaluation_on_training_rows(
+    trained_model, model_data, recent_history, no_champion, capsys
+):
+    on_train = {"test": model_data["train"], "history": recent_history}
+    code, out = promote(capsys, trained_model, on_train)
     assert code == 1
     assert any("before the candidate's training data ends" in r for r in out["reasons"])
 
