@@ -442,9 +442,10 @@ class FraudScorer:
         # (ACCESS_LOG) is the one to use
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         started = time.perf_counter()
-        classifier = bentoml.catboost.load_model(self.model)
-        metadata = dict(self.model.info.metadata)
-        version = str(self.model.tag)
+        ref = self._model_ref()
+        classifier = bentoml.catboost.load_model(ref)
+        metadata = dict(ref.info.metadata)
+        version = str(ref.tag)
         self.database_url = DATABASE_URL
         # PostgreSQL waits are bounded (DB_LOCK_TIMEOUT_MS, DB_STATEMENT_TIMEOUT_MS, ...:
         # fraudstream.database): a card locked too long by another replica fails the call with
@@ -493,6 +494,28 @@ class FraudScorer:
             log.warning(
                 "%d workers without DATABASE_URL: each keeps its own history", SETTINGS.workers
             )
+
+    def _model_ref(self) -> Any:
+        """The champion promoted into CHAMPION_HOME (``fraudstream promote``) if there is one,
+        else the model baked into the Bento (MODEL_TAG)."""
+        from fraudstream.promotion import champion_model
+
+        if not SETTINGS.champion_home:
+            return self.model
+        try:
+            ref = champion_model(SETTINGS.champion_home)
+        except Exception:  # noqa: BLE001 - any failure: serve the baked model, say why
+            log.exception("cannot load the champion from %s", SETTINGS.champion_home)
+            ref = None
+        if ref is None:
+            log.warning(
+                "no usable champion in %s: serving the baked model %s",
+                SETTINGS.champion_home,
+                self.model.tag,
+            )
+            return self.model
+        log.info("serving the champion %s from %s", ref.tag, SETTINGS.champion_home)
+        return ref
 
     @bentoml.api(route=SCORE_ROUTE, input_spec=ScoreInput, output_spec=ScoreOutput)
     async def score(self, transactions: list[Transaction]) -> list[ScoreResult] | Response:

@@ -21,6 +21,16 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "generate": ("fraudstream.simulator", "stream", "simulate card transactions to a CSV"),
     "train": ("fraudstream.training", "train", "train the CatBoost fraud model"),
     "evaluate": ("fraudstream.evaluation", "train", "score a labelled CSV and report quality"),
+    "retrain": (
+        "fraudstream.retrain",
+        "train",
+        "check a labelled window's data quality, train a candidate (and --promote it)",
+    ),
+    "promote": (
+        "fraudstream.promotion",
+        "train",
+        "gate a candidate model against the champion and make it the champion",
+    ),
     "migrate": ("fraudstream.migrations", "stream", "apply the PostgreSQL schema migrations"),
     "topics": ("fraudstream.topics", "stream", "create the Kafka topics"),
     "replay": ("fraudstream.replay", "stream", "produce a CSV's transactions to Kafka"),

@@ -104,6 +104,10 @@ class ScorerSettings(_Base):
 
     # model in the BentoML store (name:version); "latest" = the newest saved version
     model_tag: str = "fraud-model:latest"
+    # a BentoML home shared with `fraudstream retrain`/`promote` (the chart's retrain volume):
+    # when it holds champion.json, the scorer serves that model from <home>/models instead of
+    # MODEL_TAG, which stays the fallback (no file, or it cannot be loaded). Empty = MODEL_TAG.
+    champion_home: str = ""
     # override the decision threshold saved with the model (empty = use the model's own)
     threshold: float | None = None
     # most transactions accepted in one POST /score_batch call

@@ -167,3 +167,8 @@ topologySpreadConstraints:
 {{- $ids := dict "runAsUser" (int .uid) "runAsGroup" (int .uid) "fsGroup" (int .uid) }}
 {{- toYaml (merge $ids (deepCopy .root.Values.podSecurityContext)) }}
 {{- end }}
+
+{{/* Name of the PersistentVolumeClaim holding the retrain model store (retrain.enabled). */}}
+{{- define "fraudstream.modelsClaim" -}}
+{{- .Values.retrain.persistence.existingClaim | default (printf "%s-models" (include "fraudstream.fullname" .)) }}
+{{- end }}
