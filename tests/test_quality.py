@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from fraudstream.cli import main
 from fraudstream.dlq import DeadLetters
 from fraudstream.identity import frame_transaction_ids
-from fraudstream.labels import Label, LabelStep, invalid_detail, read_label_file
+from fraudstream.labels import Label, LabelStep, read_label_file
 from fraudstream.loader import DataError, load_csv
 from fraudstream.quality import Quality, QualityGauges, format_report, parse_since, ratio
-from fraudstream.schema import EXAMPLE_TRANSACTION, TETA_COLUMNS
+from fraudstream.schema import EXAMPLE_TRANSACTION, TETA_COLUMNS, validation_poison
 
 pytestmark = pytest.mark.unit
 
@@ -153,7 +153,7 @@ def test_a_bad_label_is_refused_naming_the_field_never_the_value(changes, field)
     doc = label(**changes)
     with pytest.raises(ValidationError) as err:
         Label.model_validate_json(json.dumps(doc))
-    kind, detail = invalid_detail(err.value)
+    kind, detail = validation_poison(err.value)
     assert kind == "invalid" and detail.startswith(f"{field}:"), detail
     assert "yes" not in detail and "yesterday" not in detail
 
@@ -161,12 +161,12 @@ def test_a_bad_label_is_refused_naming_the_field_never_the_value(changes, field)
 def test_missing_fields_and_not_json_are_named():
     with pytest.raises(ValidationError) as err:
         Label.model_validate_json(b'{"transaction_id": "a"}')
-    kind, detail = invalid_detail(err.value)
+    kind, detail = validation_poison(err.value)
     assert kind == "invalid"
     assert all(f in detail for f in ("is_fraud", "labelled_at", "source"))
     with pytest.raises(ValidationError) as err:
         Label.model_validate_json(b"not json")
-    assert invalid_detail(err.value)[0] == "not_json"
+    assert validation_poison(err.value)[0] == "not_json"
 
 
 # --------------------------------------------------------------------------- label files

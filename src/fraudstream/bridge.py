@@ -272,7 +272,7 @@ class BridgeStep:
         from pydantic import ValidationError
 
         from fraudstream.dlq import origin_of
-        from fraudstream.schema import error_message
+        from fraudstream.schema import validation_poison
 
         value = record.value
         if value is None:
@@ -280,13 +280,7 @@ class BridgeStep:
         try:
             tx = self.Transaction.model_validate_json(value)
         except ValidationError as err:
-            errors = err.errors(include_url=False, include_input=False)
-            if errors and errors[0].get("type") == "json_invalid":
-                return ("not_json", f"not JSON: {errors[0].get('msg')}")
-            detail = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in errors[:5]
-            )
-            return ("invalid", detail)
+            return validation_poison(err)
         body = value
         if not tx.transaction_id:
             # from where the record was first read, so a replay from the DLQ gets the same id

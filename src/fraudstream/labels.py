@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from fraudstream.kafka_runner import ConsumerParts
-from fraudstream.schema import EARLIEST, MAX_EVENT_TIME_SKEW, PRINTABLE, error_message
+from fraudstream.schema import EARLIEST, MAX_EVENT_TIME_SKEW, PRINTABLE, validation_poison
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,6 @@ UPSERT_SQL = (
 )
 
 
-def invalid_detail(err: Any) -> tuple[str, str]:
-    """(error_type, error) of a pydantic ``ValidationError``: the fields and what is wrong with
-    them, never their values."""
-    errors = err.errors(include_url=False, include_input=False)
-    kind = "not_json" if errors[0].get("type") == "json_invalid" else "invalid"
-    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in errors[:5])
-    return kind, detail
-
-
 # --------------------------------------------------------------------------- labels consume
 
 
@@ -154,7 +145,7 @@ class LabelStep:
     def __call__(self, records: list[Any]) -> None:
         from pydantic import ValidationError
 
-        from fraudstream.writer import store_bisecting
+        from fraudstream.writer import store_and_dead_letter
 
         latest: dict[str, Label] = {}  # one row per id in a batch: its latest label
         positions: dict[str, list[int]] = {}
@@ -163,24 +154,14 @@ class LabelStep:
             try:
                 label = Label.model_validate_json(record.value or b"")
             except ValidationError as err:
-                poison[index] = invalid_detail(err)
+                poison[index] = validation_poison(err)
                 continue
             held = latest.get(label.transaction_id)
             if held is None or held.labelled_at < label.labelled_at:
                 latest[label.transaction_id] = label
             positions.setdefault(label.transaction_id, []).append(index)
-        self.dlq.check([i in poison for i in range(len(records))], record=False)
         rows = [label.row() for label in latest.values()]
-        stored, refused = store_bisecting(self.store, rows) if rows else (0, [])
-        for row, error in refused:
-            for index in positions[row[0]]:
-                poison[index] = ("write_error", error)
-        self.dlq.check([i in poison for i in range(len(records))])
-        if poison:
-            from fraudstream.kafka_runner import wait_delivered
-
-            futures = [self.dlq.send(records[i], *poison[i]) for i in sorted(poison)]
-            wait_delivered(self.dlq.producer, futures)
+        stored = store_and_dead_letter(records, poison, rows, positions, self.store, self.dlq)
         if self.metrics:
             self.metrics.messages_out.inc(stored)
         if self.label_metrics:
@@ -377,7 +358,7 @@ def run_load(args: argparse.Namespace) -> int:
     try:
         sent = send_labels(producer, kafka.topic_labels, labels.ids, labels.is_fraud, args.source)
     except ValidationError as err:
-        print(f"fraudstream labels load: {invalid_detail(err)[1]}", file=sys.stderr)
+        print(f"fraudstream labels load: {validation_poison(err)[1]}", file=sys.stderr)
         return 1
     finally:
         producer.close()

@@ -136,59 +136,44 @@ def prune_history(
         conn.close()
 
 
-def prune_scores(
+def prune_table(
     dsn: str,
+    table: str,
+    key: str,
+    time_column: str,
     retention_days: float,
     batch_size: int = 5_000,
     settings: DatabaseSettings | None = None,
 ) -> PruneResult:
-    """Delete the rows of ``scores`` written more than ``retention_days`` ago, oldest first."""
+    """Delete the rows of ``table`` whose ``time_column`` is more than ``retention_days`` ago,
+    oldest first, ``batch_size`` rows (found by ``key``) per transaction."""
     from fraudstream.database import connect
 
     conn = connect(dsn, settings, application_name="fraudstream-prune")
     try:
         before = _cutoff(conn, retention_days * DAY_S)
+        delete = (
+            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
+            f" WHERE {time_column} < %s ORDER BY {time_column} LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
 
         def batch(cur: Any) -> tuple[int, bool]:
-            cur.execute(
-                "DELETE FROM scores WHERE id IN (SELECT id FROM scores WHERE written_at < %s"
-                " ORDER BY written_at LIMIT %s FOR UPDATE SKIP LOCKED)",
-                (before, batch_size),
-            )
+            cur.execute(delete, (before, batch_size))
             return cur.rowcount, cur.rowcount == batch_size
 
-        return _batches(conn, PruneResult("scores"), batch)
+        return _batches(conn, PruneResult(table), batch)
     finally:
         conn.close()
 
 
-def prune_labels(
-    dsn: str,
-    retention_days: float,
-    batch_size: int = 5_000,
-    settings: DatabaseSettings | None = None,
-) -> PruneResult:
-    """Delete the rows of ``labels`` stored more than ``retention_days`` ago, oldest first."""
-    from fraudstream.database import connect
-
-    conn = connect(dsn, settings, application_name="fraudstream-prune")
-    try:
-        before = _cutoff(conn, retention_days * DAY_S)
-
-        def batch(cur: Any) -> tuple[int, bool]:
-            cur.execute(
-                "DELETE FROM labels WHERE transaction_id IN (SELECT transaction_id FROM labels"
-                " WHERE stored_at < %s ORDER BY stored_at LIMIT %s FOR UPDATE SKIP LOCKED)",
-                (before, batch_size),
-            )
-            return cur.rowcount, cur.rowcount == batch_size
-
-        return _batches(conn, PruneResult("labels"), batch)
-    finally:
-        conn.close()
+def prune_scores(dsn: str, retention_days: float, batch_size: int = 5_000) -> PruneResult:
+    """Delete the rows of ``scores`` written more than ``retention_days`` ago."""
+    return prune_table(dsn, "scores", "id", "written_at", retention_days, batch_size)
 
 
-# --------------------------------------------------------------------------- commands
+def prune_labels(dsn: str, retention_days: float, batch_size: int = 5_000) -> PruneResult:
+    """Delete the rows of ``labels`` stored more than ``retention_days`` ago."""
+    return prune_table(dsn, "labels", "transaction_id", "stored_at", retention_days, batch_size)
 
 
 def _database_argument(parser: argparse.ArgumentParser) -> None:

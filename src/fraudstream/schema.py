@@ -145,6 +145,18 @@ def error_message(detail: Any) -> str:
     return str(detail.get("msg", ""))
 
 
+def validation_poison(err: Any) -> tuple[str, str]:
+    """(error_type, error) for the DLQ from a pydantic ``ValidationError``: ``not_json`` with
+    the parser's message, else ``invalid`` with the fields and what is wrong with them (at most
+    five), never their values."""
+    errors = err.errors(include_url=False, include_input=False)
+    if errors and errors[0].get("type") == "json_invalid":
+        return "not_json", f"not JSON: {errors[0].get('msg')}"
+    return "invalid", "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in errors[:5]
+    )
+
+
 EXAMPLE_TRANSACTION: dict = {
     "transaction_id": "7f9c2b4e-0000-4000-8000-000000000001",
     "transaction_time": "2020-06-21 22:41:07",

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fraudstream.kafka_runner import ConsumerParts, ShutdownRequestedError, backoff_delays
-from fraudstream.schema import error_message
+from fraudstream.schema import validation_poison
 from fraudstream.scored_transaction import ScoredTransaction
 
 log = logging.getLogger(__name__)
@@ -232,29 +232,15 @@ class WriterStep:
             try:
                 msg = ScoredTransaction.model_validate_json(record.value or b"")
             except ValidationError as err:
-                errors = err.errors(include_url=False, include_input=False)
-                kind = "not_json" if errors[0].get("type") == "json_invalid" else "invalid"
-                detail = "; ".join(
-                    f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in errors[:5]
-                )
-                poison[index] = (kind, detail)
+                poison[index] = validation_poison(err)
                 continue
             rows[msg.transaction_id] = msg.row()
             positions.setdefault(msg.transaction_id, []).append(index)
             if msg.produced_at is not None:
                 produced.append(msg.produced_at)
-        self.dlq.check([i in poison for i in range(len(records))], record=False)
-        inserted, refused = self._store(list(rows.values())) if rows else (0, [])
-        for row, error in refused:
-            for index in positions[row[0]]:
-                poison[index] = ("write_error", error)
-        # inserts are idempotent; the guard only has to come before the DLQ
-        self.dlq.check([i in poison for i in range(len(records))])
-        if poison:
-            from fraudstream.kafka_runner import wait_delivered
-
-            futures = [self.dlq.send(records[i], *poison[i]) for i in sorted(poison)]
-            wait_delivered(self.dlq.producer, futures)
+        inserted = store_and_dead_letter(
+            records, poison, list(rows.values()), positions, self.store, self.dlq
+        )
         if self.metrics:
             self.metrics.messages_out.inc(inserted)
         if self.writer_metrics:
@@ -264,8 +250,32 @@ class WriterStep:
             for at in produced:
                 self.writer_metrics.e2e_latency.observe((now - at).total_seconds())
 
-    def _store(self, rows: list[tuple]) -> tuple[int, list[tuple[tuple, str]]]:
-        return store_bisecting(self.store, rows)
+
+def store_and_dead_letter(
+    records: list[Any],
+    poison: dict[int, tuple[str, str]],
+    rows: list[tuple],
+    positions: dict[str, list[int]],
+    store: ScoreStore,
+    dlq: Any,
+) -> int:
+    """The end of a storing consumer's batch: ``poison`` (batch position -> (error_type,
+    error)) counts in the DLQ ratio guard, ``rows`` are stored (a row PostgreSQL refuses
+    becomes poison at every position ``positions[row key]`` lists), then the poison goes to the
+    DLQ, acknowledged before the batch counts as done. Returns the rows stored. Writes are
+    idempotent, so the guard only has to come before the DLQ."""
+    dlq.check([i in poison for i in range(len(records))], record=False)
+    stored, refused = store_bisecting(store, rows) if rows else (0, [])
+    for row, error in refused:
+        for index in positions[row[0]]:
+            poison[index] = ("write_error", error)
+    dlq.check([i in poison for i in range(len(records))])
+    if poison:
+        from fraudstream.kafka_runner import wait_delivered
+
+        futures = [dlq.send(records[i], *poison[i]) for i in sorted(poison)]
+        wait_delivered(dlq.producer, futures)
+    return stored
 
 
 def store_bisecting(store: ScoreStore, rows: list[tuple]) -> tuple[int, list[tuple[tuple, str]]]:
