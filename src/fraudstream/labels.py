@@ -25,7 +25,6 @@ labelled_at, source}`` (:class:`Label`, the one definition of the message), JSON
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 import time
@@ -239,18 +238,11 @@ class LabelFile:
 
 
 def _header(path: Path) -> list[str]:
-    from fraudstream.loader import DataError
+    from fraudstream.loader import DataError, read_header
 
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            first = fh.readline()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a text CSV file ({err.reason})") from err
-    if not first.strip():
-        raise DataError(f"{path}: the file is empty")
-    return [h.strip() for h in next(csv.reader([first]))]
+    return read_header(path)
 
 
 def read_label_file(path: str | Path) -> LabelFile:

@@ -100,7 +100,8 @@ class LoadResult:
         return "target" in self.frame.columns
 
 
-def _header(path: Path) -> list[str]:
+def read_header(path: Path) -> list[str]:
+    """The column names of a CSV file; :class:`DataError` naming what is wrong with it."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             first = fh.readline()
@@ -147,7 +148,7 @@ def load_csv(path: str | Path, require_target: bool = False) -> LoadResult:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    header = _header(path)
+    header = read_header(path)
     shape, mapping = _shape(path, header)
     if require_target and "target" not in mapping.values():
         raise DataError(

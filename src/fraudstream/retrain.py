@@ -98,22 +98,6 @@ def check(args: argparse.Namespace) -> tuple[list[dq.Check], dq.LabelledData, dq
     return checks, train, evaluation
 
 
-def _config(args: argparse.Namespace) -> training.TrainConfig:
-    return training.TrainConfig(
-        history_features=args.history_features,
-        target_recall=args.target_recall,
-        margin_z=args.margin_z,
-        max_fpr=args.max_fpr,
-        valid_fraction=args.valid_fraction,
-        max_legit_rows=args.max_legit_rows,
-        iterations=args.iterations,
-        learning_rate=args.learning_rate,
-        depth=args.depth,
-        threads=args.threads,
-        seed=args.seed,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     checks, train, evaluation = check(args)
     out: dict[str, Any] = {"checks": dq.as_json(checks)}
@@ -130,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DATA_QUALITY
     assert train.frame is not None and evaluation.frame is not None
     try:
-        model, metadata = training.fit(train.frame, _config(args))
+        model, metadata = training.fit(train.frame, training.config_from(args))
     except ValueError as err:
         print(f"error: {err}")
         return 2

@@ -279,12 +279,9 @@ def train_file(path: str | Path, config: TrainConfig) -> tuple[str, dict[str, An
     return save(model, metadata), metadata
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-
-    from fraudstream.loader import DataError
-
-    config = TrainConfig(
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of the options :func:`add_arguments` defines."""
+    return TrainConfig(
         history_features=args.history_features,
         target_recall=args.target_recall,
         margin_z=args.margin_z,
@@ -297,6 +294,14 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from fraudstream.loader import DataError
+
+    config = config_from(args)
     try:
         tag, metadata = train_file(args.data, config)
     except DataError as err:
