@@ -4,6 +4,8 @@ through CHAMPION_HOME."""
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 import yaml
 from k8s_helpers import CHART, KUBE_VERSIONS, ROOT, containers, pod_spec, render
@@ -122,12 +124,15 @@ def test_cronjob_follows_its_values() -> None:
             render(sets=(*ON, bad))
 
 
-def test_trainer_dockerfile_installs_the_train_extra_as_the_chart_runs_it() -> None:
-    """trainer/Dockerfile (not built by skaffold; `docker build -f trainer/Dockerfile .`)
-    installs `fraudstream[train]` from the lock and runs as the chart's retrain.image.uid."""
-    text = (ROOT / "trainer" / "Dockerfile").read_text()
-    installs = [line for line in text.splitlines() if "pip install" in line]
-    assert any('-c requirements.lock ".[train]"' in line for line in installs), installs
+def test_the_trainer_image_is_the_consumers_recipe_with_the_train_extra() -> None:
+    """The chart's retrain.image is built from consumers/Dockerfile with ``--build-arg
+    EXTRAS=train`` (not by skaffold), runs as the chart's retrain.image.uid, and that extra
+    brings what retrain needs."""
+    text = (ROOT / "consumers" / "Dockerfile").read_text()
+    assert "--build-arg EXTRAS=train -t fraudstream-trainer" in text
     values = yaml.safe_load((CHART / "values.yaml").read_text())["retrain"]["image"]
     assert f"USER {values['uid']}:{values['uid']}" in text
     assert values["repository"] == "fraudstream-trainer"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    train = " ".join(extras["optional-dependencies"]["train"])
+    assert all(name in train for name in ("catboost", "bentoml", "scikit-learn"))
