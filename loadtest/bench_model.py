@@ -236,7 +236,7 @@ def shape_figures(frame: pd.DataFrame) -> dict[str, str]:
         "legit % by hour 0-4-8-12-16-20": blocks(~fraud),
         "fraud % by hour 0-4-8-12-16-20": blocks(fraud),
         "frauds per card (median, max)": f"{cards['size'].median():.0f}, {cards['size'].max()}",
-        "fraud span per card h (median)": f"{span_h.median():.0f}",
+        "hours first-last fraud (median)": f"{span_h.median():.0f}",
         "fraud card-days with legit too": f"{100 * (fraud_days['min'] == 0).mean():.0f} %",
     }
 
@@ -262,9 +262,8 @@ def print_comparison(simulated: pd.DataFrame, calibration: pd.DataFrame) -> None
     print(f"calibration: shape {'':<24}{'simulated':>26}  {'calibration':>26}")
     for name in sim:
         print(f"calibration: {name:<30}{sim[name]:>26}  {cal[name]:>26}")
-    table = category_table(simulated).join(
-        category_table(calibration), lsuffix=" sim", rsuffix=" cal", how="outer"
-    )
+    table = category_table(simulated).add_suffix(" sim")
+    table = table.join(category_table(calibration).add_suffix(" cal"), how="outer")
     columns = ["legit% sim", "legit% cal", "fraud% sim", "fraud% cal"]
     columns += ["legit$ sim", "legit$ cal", "fraud$ sim", "fraud$ cal"]
     header = "".join(f"{c:>11}" for c in columns)

@@ -1,12 +1,25 @@
 """Simulated card transactions in the TETA shape, with fraud episodes (``fraudstream generate``).
 
-Follows the generation facts of ``data-spec.md``: card holders with a home, gender, job, city and
-a profile (age band x gender x rural/urban) that sets their spending rate, AM/PM split, category
-weights, typical amounts and travel share; merchants per category; day-of-week and seasonal
-weights. A compromised card gets a *fraud episode*: about a day with 2-16 fraudulent
-transactions per day on top of the holder's own spending, with high amounts in a few categories
-or tiny "card testing" amounts in others, mostly at night, near home, at merchants the holder has
-not used. Everything is drawn from one seeded generator and vectorised per column, so a seed gives
+Follows the generation facts of ``data-spec.md`` and the shape of the public (Sparkov) data:
+card holders with a home, gender, job, city and a profile (age band x gender x rural/urban) that
+sets their spending rate, AM/PM split, category weights, typical amounts and travel share;
+day-of-week and seasonal weights. Shapes taken from the public data:
+
+* the hour of a transaction is uniform within the morning (00-11) or the afternoon/evening
+  (12-23), so a fifth of legitimate spending falls at night (22:00-03:59) too;
+* amounts are gamma-distributed with the category's mean and sd (positive, skewed), and an
+  amount under $1 becomes a small one between $1 and $10: the long-tailed categories (shopping,
+  misc_net, travel) have a median under $10 and a few very large amounts;
+* merchants: 50 per category (700 in all), a transaction goes to any of its category's, so most
+  transactions, legitimate or not, are at a merchant new to the holder;
+* a tenth of the holders do not use their card (a rate of 0 a day): it shows up only through
+  its fraud episode, so such a card always gets one.
+
+A compromised card gets a *fraud episode*: about a day with 2-16 fraudulent transactions per day,
+with high amounts in a few categories or tiny "card testing" amounts in others, mostly at night
+(00:00-03:59 or 22:00-23:59, as the holder's AM/PM split goes), never far from home. As in the
+public data, the holder's own spending pauses on the days of the episode (it goes on before and
+after). Everything is drawn from one seeded generator and vectorised per column, so a seed gives
 the same file and a million rows take seconds.
 """
 
@@ -303,10 +316,14 @@ def simulate(
     f_cat = np.where(tiny, tiny_cat, high_cat)
     high_mean = np.array([FRAUD_HIGH[c][0] for c in high_names])[high_pick]
     high_sd = np.array([FRAUD_HIGH[c][1] for c in high_names])[high_pick]
-    f_amount = np.where(
-        tiny, rng.uniform(*FRAUD_TINY_AMOUNT, m), _amounts(rng, high_mean, high_sd)
-    )
+    f_amount = np.where(tiny, rng.uniform(*FRAUD_TINY_AMOUNT, m), _amounts(rng, high_mean, high_sd))
     f_merch = rng.integers(0, MERCHANTS_PER_CATEGORY, m)
+    # as in the public data, the holder's own spending pauses on the days of the episode
+    n_days = len(days)
+    f_day_idx = np.clip((f_sec - day0[0]) // 86_400, 0, n_days - 1)
+    keep = ~np.isin(holder * n_days + day_idx, f_holder * n_days + f_day_idx)
+    holder, seconds, cat, amount = holder[keep], seconds[keep], cat[keep], amount[keep]
+    merch_idx, d_lat, d_lon, target = merch_idx[keep], d_lat[keep], d_lon[keep], target[keep]
 
     # --- assemble
     holder = np.concatenate([holder, f_holder])

@@ -151,7 +151,16 @@ def test_merchants_are_drawn_from_the_whole_category(frame):
     assert frame.groupby("cat_id")["merch"].nunique().max() <= MERCHANTS_PER_CATEGORY
 
 
+def test_the_holders_own_spending_pauses_on_the_days_of_an_episode(frame):
+    day = frame["transaction_time"].dt.date
+    by_card_day = frame.groupby([*HOLDER, day])["target"]
+    fraud_days = by_card_day.max() == 1
+    assert fraud_days.sum() > 20
+    assert (by_card_day.min()[fraud_days] == 1).all()
+
+
 def test_some_cards_are_seen_only_through_their_fraud(frame):
+    # holders with a rate of 0 transactions a day: their card shows up only when compromised
     legit_cards = frame[frame["target"] == 0].groupby(HOLDER).ngroups
     cards = frame.groupby(HOLDER).ngroups
     assert 0 < cards - legit_cards < 0.25 * cards
