@@ -322,9 +322,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="training threads")
     parser.add_argument(
         "--calibration",
-        default=DEFAULT_CALIBRATION if Path(DEFAULT_CALIBRATION).is_file() else "",
+        default=DEFAULT_CALIBRATION,
         help="labelled CSV (TETA or Kaggle shape, may be .gz) of the public data's shape to score "
-        "the default model on (default: the calibration sample if present; '' = skip)",
+        f"the default model on (default: {DEFAULT_CALIBRATION}, skipped if absent; '' = skip)",
     )
     parser.add_argument(
         "--calibration-only", action="store_true", help="run only the calibration check"
