@@ -1,12 +1,25 @@
 """Simulated card transactions in the TETA shape, with fraud episodes (``fraudstream generate``).
 
-Follows the generation facts of ``data-spec.md``: card holders with a home, gender, job, city and
-a profile (age band x gender x rural/urban) that sets their spending rate, AM/PM split, category
-weights, typical amounts and travel share; merchants per category; day-of-week and seasonal
-weights. A compromised card gets a *fraud episode*: about a day with 2-16 fraudulent
-transactions per day on top of the holder's own spending, with high amounts in a few categories
-or tiny "card testing" amounts in others, mostly at night, near home, at merchants the holder has
-not used. Everything is drawn from one seeded generator and vectorised per column, so a seed gives
+Follows the generation facts of ``data-spec.md`` and the shape of the public (Sparkov) data:
+card holders with a home, gender, job, city and a profile (age band x gender x rural/urban) that
+sets their spending rate, AM/PM split, category weights, typical amounts and travel share;
+day-of-week and seasonal weights. Shapes taken from the public data:
+
+* the hour of a transaction is uniform within the morning (00-11) or the afternoon/evening
+  (12-23), so a fifth of legitimate spending falls at night (22:00-03:59) too;
+* amounts are gamma-distributed with the category's mean and sd (positive, skewed), and an
+  amount under $1 becomes a small one between $1 and $10: the long-tailed categories (shopping,
+  misc_net, travel) have a median under $10 and a few very large amounts;
+* merchants: 50 per category (700 in all), a transaction goes to any of its category's, so most
+  transactions, legitimate or not, are at a merchant new to the holder;
+* a tenth of the holders do not use their card (a rate of 0 a day): it shows up only through
+  its fraud episode, so such a card always gets one.
+
+A compromised card gets a *fraud episode*: about a day with 2-16 fraudulent transactions per day,
+with high amounts in a few categories or tiny "card testing" amounts in others, mostly at night
+(00:00-03:59 or 22:00-23:59, as the holder's AM/PM split goes), never far from home. As in the
+public data, the holder's own spending pauses on the days of the episode (it goes on before and
+after). Everything is drawn from one seeded generator and vectorised per column, so a seed gives
 the same file and a million rows take seconds.
 """
 
@@ -67,15 +80,17 @@ FRAUD_TINY: tuple[str, ...] = (
     "travel",
 )
 FRAUD_TINY_SHARE = 0.3
+FRAUD_TINY_AMOUNT = (5.0, 25.0)  # uniform range of a card-testing amount ("~8-20")
 FRAUD_NIGHT_SHARE = 0.75
-MERCHANTS_PER_CATEGORY = 50
-FAVOURITES = 4  # merchants per category a holder usually goes to
-FAVOURITE_SHARE = 0.8
+MERCHANTS_PER_CATEGORY = 50  # 14 x 50 = 700 merchants, as in the public data
+# share of card holders who do not use their card themselves (a rate of 0 transactions a day):
+# such a card shows up in the data only through its fraud episode, so it always gets one
+DORMANT_SHARE = 0.1
 
-# day-of-week (Mon..Sun) and AM/PM hour weights
+# day-of-week weights (Mon..Sun)
 DOW_WEIGHTS = (80, 100, 100, 100, 150, 175, 175)
-AM_HOURS = (1, 1, 1, 1, 1, 2, 4, 7, 9, 10, 10, 10)  # 00..11
-PM_HOURS = (10, 10, 10, 10, 10, 10, 10, 10, 9, 7, 4, 2)  # 12..23
+NIGHT_AM_HOURS = 4  # night-time fraud: 00:00-03:59 in the morning ...
+NIGHT_PM_HOUR = 22  # ... or 22:00-23:59 in the evening
 
 
 def _words(text: str, sep: str | None = None) -> tuple[str, ...]:
@@ -136,12 +151,13 @@ def _names(rng: np.random.Generator, size: int) -> list[str]:
     return [f"{a.capitalize()}{b}{c}" for a, b, c in zip(first, second, end, strict=True)]
 
 
-def _lognormal(rng: np.random.Generator, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+def _amounts(rng: np.random.Generator, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Positive, skewed amounts with the given mean and sd (gamma); an amount under $1 becomes
+    a small one between $1 and $10, so categories with a long tail have many small amounts."""
     import numpy as np
 
-    sigma2 = np.log1p((sd / mean) ** 2)
-    mu = np.log(mean) - sigma2 / 2
-    return rng.lognormal(mu, np.sqrt(sigma2))
+    amount = rng.gamma((mean / sd) ** 2, sd**2 / mean)
+    return np.where(amount < 1.0, rng.uniform(1.0, 10.0, len(amount)), amount)
 
 
 def simulate(
@@ -222,6 +238,8 @@ def simulate(
     base_rate = np.array([3.0, 2.6, 1.6])[band] * np.where(rural, 0.6, 1.0)
     base_rate *= np.where(gender == "F", 1.1, 1.0)
     rate = np.clip(base_rate * rng.lognormal(0.0, 0.35, customers), 0.2, 6.0)
+    dormant = rng.random(customers) < DORMANT_SHARE
+    rate[dormant] = 0.0
     am_share = rng.uniform(0.2, 0.5, customers)
     band_cat = np.ones((3, n_cat))
     band_cat[0, [CATEGORIES.index(c) for c in ("entertainment", "shopping_net", "food_dining")]] = 2
@@ -231,7 +249,6 @@ def simulate(
     cat_cum = np.cumsum(cat_weights / cat_weights.sum(1, keepdims=True), axis=1)
     amount_scale = rng.lognormal(0.0, 0.25, customers)
     travel_share = rng.uniform(0.1, 0.3, customers)
-    favourites = rng.integers(0, MERCHANTS_PER_CATEGORY, (customers, n_cat, FAVOURITES))
 
     # --- legitimate spending: Poisson counts per (holder, day)
     days = pd.date_range(start, end, freq="D")
@@ -246,27 +263,18 @@ def simulate(
     holder = np.repeat(np.repeat(np.arange(customers), len(days)), counts.ravel())
     day_idx = np.repeat(np.tile(np.arange(len(days)), customers), counts.ravel())
     n = len(holder)
+    # the hour is uniform within the morning (00-11) or the afternoon/evening (12-23)
     am = rng.random(n) < am_share[holder]
-    hour = np.where(
-        am,
-        rng.choice(12, n, p=np.array(AM_HOURS) / sum(AM_HOURS)),
-        12 + rng.choice(12, n, p=np.array(PM_HOURS) / sum(PM_HOURS)),
-    )
+    hour = rng.integers(0, 12, n) + np.where(am, 0, 12)
     day0 = days.values.astype("datetime64[s]").astype(np.int64)
     seconds = day0[day_idx] + hour * 3600 + rng.integers(0, 3600, n)
     cat = (rng.random(n)[:, None] > cat_cum[holder]).sum(1)
     cat = np.minimum(cat, n_cat - 1)
     cat_mean = np.array([AMOUNTS[c][0] for c in CATEGORIES])
     cat_sd = np.array([AMOUNTS[c][1] for c in CATEGORIES])
-    amount = _lognormal(
-        rng, cat_mean[cat] * amount_scale[holder], cat_sd[cat] * amount_scale[holder]
-    )
-    favourite = rng.random(n) < FAVOURITE_SHARE
-    merch_idx = np.where(
-        favourite,
-        favourites[holder, cat, rng.integers(0, FAVOURITES, n)],
-        rng.integers(0, MERCHANTS_PER_CATEGORY, n),
-    )
+    amount = _amounts(rng, cat_mean[cat] * amount_scale[holder], cat_sd[cat] * amount_scale[holder])
+    # any of the category's merchants: most transactions are at a merchant new to the holder
+    merch_idx = rng.integers(0, MERCHANTS_PER_CATEGORY, n)
     travel = rng.random(n) < travel_share[holder]
     km = rng.uniform(100, 1000, n)
     angle = rng.uniform(0, 2 * np.pi, n)
@@ -279,6 +287,7 @@ def simulate(
     span = (day0[-1] + 86_400) - day0[0]
     years = span / (365.25 * 86_400)
     n_ep = rng.poisson(episodes_per_year * years, customers)
+    n_ep[dormant] = np.maximum(n_ep[dormant], 1)
     ep_holder = np.repeat(np.arange(customers), n_ep)
     n_eps = len(ep_holder)
     ep_start = day0[0] + rng.integers(0, max(span - 86_400, 1), n_eps)
@@ -288,8 +297,13 @@ def simulate(
     f_holder = ep_holder[f_ep]
     m = len(f_ep)
     f_sec = ep_start[f_ep] + (rng.random(m) * ep_len[f_ep]).astype(np.int64)
+    # at night: early in the morning or late in the evening, as the holder's AM/PM split goes
     night = rng.random(m) < FRAUD_NIGHT_SHARE
-    night_hour = rng.choice([22, 23, 0, 1, 2, 3], m)
+    night_hour = np.where(
+        rng.random(m) < am_share[f_holder],
+        rng.integers(0, NIGHT_AM_HOURS, m),
+        rng.integers(NIGHT_PM_HOUR, 24, m),
+    )
     f_day = f_sec - f_sec % 86_400
     night_sec = f_day + night_hour * 3600 + rng.integers(0, 3600, m)
     f_sec = np.where(night, np.clip(night_sec, day0[0], day0[-1] + 86_399), f_sec)
@@ -302,15 +316,14 @@ def simulate(
     f_cat = np.where(tiny, tiny_cat, high_cat)
     high_mean = np.array([FRAUD_HIGH[c][0] for c in high_names])[high_pick]
     high_sd = np.array([FRAUD_HIGH[c][1] for c in high_names])[high_pick]
-    f_amount = np.where(
-        tiny, rng.uniform(1.0, 20.0, m), np.maximum(rng.normal(high_mean, high_sd), 1.0)
-    )
-    # a merchant the holder does not usually use
-    f_merch = rng.integers(0, MERCHANTS_PER_CATEGORY - FAVOURITES, m)
-    fav = np.sort(favourites[f_holder, f_cat], axis=1)
-    for k in range(FAVOURITES):  # skip over the favourites: map to the non-favourite indices
-        f_merch = f_merch + (f_merch >= fav[:, k])
-    f_merch = np.minimum(f_merch, MERCHANTS_PER_CATEGORY - 1)
+    f_amount = np.where(tiny, rng.uniform(*FRAUD_TINY_AMOUNT, m), _amounts(rng, high_mean, high_sd))
+    f_merch = rng.integers(0, MERCHANTS_PER_CATEGORY, m)
+    # as in the public data, the holder's own spending pauses on the days of the episode
+    n_days = len(days)
+    f_day_idx = np.clip((f_sec - day0[0]) // 86_400, 0, n_days - 1)
+    keep = ~np.isin(holder * n_days + day_idx, f_holder * n_days + f_day_idx)
+    holder, seconds, cat, amount = holder[keep], seconds[keep], cat[keep], amount[keep]
+    merch_idx, d_lat, d_lon, target = merch_idx[keep], d_lat[keep], d_lon[keep], target[keep]
 
     # --- assemble
     holder = np.concatenate([holder, f_holder])

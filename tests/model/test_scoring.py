@@ -8,6 +8,7 @@ import bentoml
 import numpy as np
 import pytest
 
+from fraudstream.features import CardState, history_features
 from fraudstream.history import InMemoryHistoryStore
 from fraudstream.loader import load_csv, to_transactions
 from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
@@ -47,8 +48,20 @@ def test_scores_come_back_in_input_order_with_ids_and_version(model_ref):
     assert all(0 <= r.score <= 1 and r.threshold == scorer.threshold for r in results)
 
 
-def test_flags_frauds_with_reasons_and_leaves_others_without(model_ref, test_transactions):
-    scorer = make_scorer(model_ref)
+@pytest.fixture(scope="module")
+def warm_history(model_data) -> InMemoryHistoryStore:
+    """A history store holding the training period, as ``fraudstream history backfill`` gives."""
+    store = InMemoryHistoryStore()
+    states: dict[str, CardState] = {}
+    history_features(load_csv(model_data["train"]).frame, states)
+    store.states.update(states)
+    return store
+
+
+def test_flags_frauds_with_reasons_and_leaves_others_without(
+    model_ref, test_transactions, warm_history
+):
+    scorer = make_scorer(model_ref, history=warm_history)
     results = scorer.score(test_transactions)
     assert [r.transaction_id for r in results] == [t.transaction_id for t in test_transactions]
     labels = np.array([t.target for t in test_transactions])
@@ -64,6 +77,18 @@ def test_flags_frauds_with_reasons_and_leaves_others_without(model_ref, test_tra
             assert all(reason.feature in scorer.feature_names for reason in r.reasons)
         else:
             assert r.reasons == []
+
+
+def test_a_scorer_without_history_flags_more_while_cards_are_new(model_ref, test_transactions):
+    # Every card is new to an empty history store. As in the public data, some compromised
+    # cards have no spending of their own (dormant cards), so "no history and a burst" is a
+    # sign of fraud, and a cold scorer flags more legitimate transactions in each card's first
+    # days (about 15 % here) until the history fills: backfill the history before going live.
+    results = make_scorer(model_ref).score(test_transactions, explain=False)
+    labels = np.array([t.target for t in test_transactions])
+    flags = np.array([r.fraud_flag for r in results])
+    assert flags[labels == 1].mean() >= 0.9
+    assert flags[labels == 0].mean() <= 0.25
 
 
 def test_rescoring_the_same_id_neither_double_counts_nor_changes_the_score(
