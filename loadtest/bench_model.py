@@ -12,9 +12,9 @@
    store already holding 2019), pinned to one core, best of 3 distinct batches;
 4. memory: RSS of a fresh process holding the model and scoring one transaction;
 5. calibration: the default model, trained only on simulated data as ``make model`` trains it,
-   scored on a labelled file of the public data's shape (``--calibration``; by default the
-   calibration sample made by the public Sparkov generator, if this machine has it: the project
-   never ships it nor trains on it). Prints recall, FPR and precision at the model's threshold
+   scored on a labelled file of the public data's shape (``--calibration PATH`` or
+   ``$CALIBRATION_FILE``, e.g. a sample made by the public Sparkov generator: the project never
+   ships one nor trains on it). Prints recall, FPR and precision at the model's threshold
    (flagged = score >= threshold, as the scorer decides), PR AUC, and a comparison of the
    simulated and the calibration data (fraud rate, amounts, hours, episodes, categories) that
    explains the figure. Skipped, with a message, when the file is absent.
@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-# a calibration sample made by the public Sparkov generator (not part of the project)
-DEFAULT_CALIBRATION = "/work/shared/sparkov-sample/sample.csv.gz"
+# a labelled file of the public data's shape (e.g. made by the public Sparkov generator); never
+# part of the project
+DEFAULT_CALIBRATION = os.environ.get("CALIBRATION_FILE", "")
 # what `make model` trains the default model on (the Makefile's `model` target)
 MAKE_MODEL_CUSTOMERS, MAKE_MODEL_SEED, MAKE_MODEL_YEAR = 500, 42, 2019
 FLOOR_RECALL, FLOOR_FPR = 0.98, 0.05
@@ -280,7 +281,7 @@ def bench_calibration(path: str, folder: Path, threads: int) -> None:
     from fraudstream.training import TrainConfig, fit
 
     if not path:
-        print("calibration: skipped (--calibration '')", flush=True)
+        print("calibration: skipped (no --calibration PATH, no $CALIBRATION_FILE)", flush=True)
         return
     if not Path(path).is_file():
         print(f"calibration: skipped: no calibration file at {path} (--calibration PATH)")
@@ -324,7 +325,7 @@ def main() -> int:
         "--calibration",
         default=DEFAULT_CALIBRATION,
         help="labelled CSV (TETA or Kaggle shape, may be .gz) of the public data's shape to score "
-        f"the default model on (default: {DEFAULT_CALIBRATION}, skipped if absent; '' = skip)",
+        "the default model on (default: $CALIBRATION_FILE; skipped when not set or absent)",
     )
     parser.add_argument(
         "--calibration-only", action="store_true", help="run only the calibration check"
