@@ -166,9 +166,10 @@ def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Any:
         "max_poll_interval_ms": 600000,
         "client_id": f"fraudstream-{group_id}",
         "reconnect_backoff_max_ms": 2000,  # back within 2 s of a broker restart (default 30 s)
-        # a group leader that joined without the topic's partitions assigns nothing until its
-        # next metadata refresh (default every 5 min); partitions added to a topic count too
-        "metadata_max_age_ms": 30000,
+        # a group leader that joined before it knew the topic's partitions (seen with a topic
+        # just created) assigns nothing until its next metadata refresh: every 5 s instead of
+        # every 5 min (a small request for the subscribed topic); added partitions count too
+        "metadata_max_age_ms": 5000,
         # records of aborted (and still open) transactions are never returned: the bridge's
         # results of a batch it did not finish are not read twice
         "isolation_level": "read_committed",

@@ -91,7 +91,7 @@ def test_a_rebalance_moves_each_partitions_lag_series_to_its_new_owner(
     try:
         wait_until(
             lambda: first.owned() == everything and first.exported() == everything,
-            timeout=30,
+            timeout=60,
             what="the only member to report the lag of every partition",
         )
 
