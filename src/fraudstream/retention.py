@@ -8,7 +8,8 @@
 * ``card_history`` (one state per card): cards not updated for longer than the history window
   (7 days) + ``HISTORY_DEDUPE_DAYS`` are deleted; such a card's next transaction starts a new
   history (every window of its old state is empty by then; its lifetime aggregates go).
-* ``scores``: rows written more than ``SCORES_RETENTION_DAYS`` (90) ago are deleted.
+* ``scores`` and ``scores_shadow`` (the challenger's, :mod:`fraudstream.shadow`): rows written
+  more than ``SCORES_RETENTION_DAYS`` (90) ago are deleted.
 
 Deletes run in batches of ``PRUNE_BATCH_SIZE`` rows, each its own short transaction, so a prune
 never holds many locks for long (the scorer and the writer keep going) and can be stopped at any
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DAY_S = 86_400.0
+# the tables `fraudstream scores prune` keeps to SCORES_RETENTION_DAYS: the champion's scores
+# and the challenger's (fraudstream.shadow)
+SCORE_TABLES = ("scores", "scores_shadow")
 
 
 @dataclass
@@ -139,9 +143,14 @@ def prune_scores(
     retention_days: float,
     batch_size: int = 5_000,
     settings: DatabaseSettings | None = None,
+    table: str = "scores",
 ) -> PruneResult:
-    """Delete the rows of ``scores`` written more than ``retention_days`` ago, oldest first."""
+    """Delete the rows of ``table`` (``scores`` or ``scores_shadow``) written more than
+    ``retention_days`` ago, oldest first."""
     from fraudstream.database import connect
+
+    if table not in SCORE_TABLES:
+        raise ValueError(f"unknown table {table!r}")
 
     conn = connect(dsn, settings, application_name="fraudstream-prune")
     try:
@@ -149,13 +158,13 @@ def prune_scores(
 
         def batch(cur: Any) -> tuple[int, bool]:
             cur.execute(
-                "DELETE FROM scores WHERE id IN (SELECT id FROM scores WHERE written_at < %s"
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE written_at < %s"
                 " ORDER BY written_at LIMIT %s FOR UPDATE SKIP LOCKED)",
                 (before, batch_size),
             )
             return cur.rowcount, cur.rowcount == batch_size
 
-        return _batches(conn, PruneResult("scores"), batch)
+        return _batches(conn, PruneResult(table), batch)
     finally:
         conn.close()
 
@@ -255,4 +264,8 @@ def run_scores(args: argparse.Namespace) -> int:
     settings = RetentionSettings()
     days = settings.scores_retention_days if args.retention_days is None else args.retention_days
     size = args.batch_size or settings.prune_batch_size
-    return _run_prune("scores prune", lambda url: [prune_scores(url, days, size)], dsn)
+    return _run_prune(
+        "scores prune",
+        lambda url: [prune_scores(url, days, size, table=table) for table in SCORE_TABLES],
+        dsn,
+    )

@@ -5,6 +5,7 @@ Topics (names from :class:`fraudstream.settings.KafkaSettings`):
 - ``transactions`` (key = card-holder key, value = Transaction JSON)
 - ``scoring`` (key = transaction_id, value = score JSON)
 - ``transactions.dlq`` (original key and bytes; reason and source offset in headers)
+- ``scoring.shadow`` (the challenger's results, best effort: :mod:`fraudstream.shadow`)
 
 An existing topic is left as it is (a topic with fewer partitions than asked is reported, never
 shrunk or silently grown, because growing re-maps keys to partitions).
@@ -130,7 +131,12 @@ def run(args: argparse.Namespace) -> int:
     logs = LogSettings()
     setup_logging(logs.log_level, logs.log_format)
     kafka = KafkaSettings()
-    names = [kafka.topic_transactions, kafka.topic_scoring, kafka.topic_dlq]
+    names = [
+        kafka.topic_transactions,
+        kafka.topic_scoring,
+        kafka.topic_dlq,
+        kafka.topic_scoring_shadow,
+    ]
     result = create_topics(
         args.bootstrap or kafka.kafka_bootstrap_servers,
         names,

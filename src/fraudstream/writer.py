@@ -15,6 +15,10 @@ A refused batch is halved until the rows to blame are found; the others are stor
 that are no row's fault stop the writer instead (a missing table or privilege: exit 1), and
 so does the DLQ ratio guard when most rows are refused (exit 3). The table is created by
 ``fraudstream migrate`` (``migrations/0002_scores.sql``).
+
+``WRITER_TABLE=scores_shadow`` makes a second writer (its own ``WRITER_GROUP_ID``, reading
+``TOPIC_SCORING=scoring.shadow``) store the challenger's results (:mod:`fraudstream.shadow`) in
+``scores_shadow`` (``migrations/0006_scores_shadow.sql``), the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ INSERT_SQL = (
     f"INSERT INTO scores ({', '.join(ScoredTransaction.model_fields)}) VALUES %s"
     " ON CONFLICT (transaction_id) DO NOTHING"
 )
+# the tables a writer may fill (WRITER_TABLE): the champion's and the challenger's results
+TABLES = ("scores", "scores_shadow")
+
+
+def insert_sql(table: str = "scores") -> str:
+    """:data:`INSERT_SQL` for ``table`` (one of :data:`TABLES`: never a name from input)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return INSERT_SQL.replace("INTO scores ", f"INTO {table} ", 1)
 
 
 class RowsRejectedError(Exception):
@@ -100,7 +113,9 @@ class ScoreStore:
         retry_max_s: float = 10.0,
         metrics: WriterMetrics | None = None,
         max_attempts: int = 5,
+        table: str = "scores",
     ) -> None:
+        self.insert_sql = insert_sql(table)
         self.dsn = dsn
         self.stop = stop
         self.retry_max_s = retry_max_s
@@ -141,7 +156,7 @@ class ScoreStore:
                         log.info("reconnected to PostgreSQL")
                 started = time.perf_counter()
                 with self.conn.cursor() as cur:
-                    execute_values(cur, INSERT_SQL, rows, page_size=len(rows))
+                    execute_values(cur, self.insert_sql, rows, page_size=len(rows))
                     inserted = cur.rowcount
                 self.conn.commit()
                 if self.metrics:
@@ -292,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
             settings.db_retry_max_s,
             writer_metrics,
             max_attempts=settings.db_max_attempts,
+            table=settings.writer_table,
         )
         return WriterStep(store, parts.dead_letters, parts.metrics, writer_metrics), [store]
 
@@ -305,4 +321,5 @@ def run(args: argparse.Namespace) -> int:
         batch_max_wait_ms=settings.writer_batch_max_wait_ms,
         commit_interval_ms=settings.writer_commit_interval_ms,
         metrics_port=args.metrics_port if args.metrics_port is not None else settings.metrics_port,
+        table=settings.writer_table,
     )
