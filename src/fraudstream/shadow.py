@@ -237,7 +237,9 @@ def from_settings(bootstrap: str, topic: str, settings: Any) -> ShadowScorer | N
     from fraudstream.kafka_runner import make_producer
 
     # plain sends (no transaction): shadow results are best effort; short waits on the broker
-    producer = make_producer(bootstrap, delivery_timeout_ms=30000, max_block_ms=5000)
+    producer = make_producer(
+        bootstrap, request_timeout_ms=10000, delivery_timeout_ms=30000, max_block_ms=5000
+    )
     return ShadowScorer(
         settings.scorer_shadow_url,
         producer,
