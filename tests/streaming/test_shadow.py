@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
@@ -70,7 +69,7 @@ def test_every_transaction_is_scored_by_champion_and_challenger(
     bridge = pipe.component("bridge", SCORER_SHADOW_URL=challenger.url).start()
     pipe.component("writer").start()
     start_shadow_writer(pipe)
-    ids = produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions.iloc[:2000])
+    ids = produce(kafka_bootstrap, pipe.topics["transactions"], loaded_transactions.iloc[:1000])
     pipe.wait_rows(len(ids), RUN_TIMEOUT)
     wait_until(
         lambda: len(table_ids(pg_url, "scores_shadow")) >= len(ids),
@@ -102,33 +101,31 @@ def p99(values: list[float]) -> float:
     return values[min(len(values) - 1, int(len(values) * 0.99))]
 
 
-def test_a_hanging_or_failing_challenger_never_slows_the_champion(
+PHASE = 600  # transactions per phase, at 200/s
+
+
+def test_a_hanging_challenger_never_slows_the_champion(
     pipeline_factory, stub_scorer_factory, kafka_bootstrap, loaded_transactions, pg_url
 ):
-    """Three phases of 1,000 transactions at 200/s through the same pipeline: no challenger, a
-    challenger that never answers, one that answers 500 to everything. The champion's latency
-    (produced -> scored) stays within a bound of the first phase's, every transaction is stored,
-    nothing goes to the DLQ, the offsets reach the end; the shadow's losses are counted."""
+    """Two phases of 600 transactions at 200/s through the same pipeline: no challenger, then a
+    challenger that never answers. The champion's latency (produced -> scored) stays within a
+    bound of the first phase's, every transaction is stored, nothing goes to the DLQ, the
+    offsets reach the end; the shadow's losses are counted. (A challenger answering 500, or
+    nonsense: tests/test_shadow_sender.py.)"""
     champion = stub_scorer_factory()
     hanging = stub_scorer_factory(STUB_DELAY_S="3600")
-    failing = stub_scorer_factory(STUB_STATUS="500")
     pipe = shadow_pipeline(pipeline_factory, champion.url)
     pipe.component("writer").start()
     figures: dict[str, tuple[float, float, float]] = {}
-    drops: dict[str, dict[str, float]] = {}
-    frame = loaded_transactions
-    for n, (phase, url) in enumerate(
-        [("no challenger", ""), ("hanging", hanging.url), ("HTTP 500", failing.url)]
-    ):
+    drops: dict[str, float] = {}
+    for n, (phase, url) in enumerate([("no challenger", ""), ("hanging", hanging.url)]):
         bridge = pipe.component("bridge", SCORER_SHADOW_URL=url).start()
         wait_joined(bridge)
-        time.sleep(0.5)
-        ids = produce(
-            kafka_bootstrap, pipe.topics["transactions"], frame.iloc[n * 1000 : (n + 1) * 1000], 200
-        )
-        pipe.wait_rows(1000 * (n + 1), RUN_TIMEOUT)
+        frame = loaded_transactions.iloc[n * PHASE : (n + 1) * PHASE]
+        ids = produce(kafka_bootstrap, pipe.topics["transactions"], frame, rate=200)
+        pipe.wait_rows(PHASE * (n + 1), RUN_TIMEOUT)
         if url:
-            drops[phase] = {
+            drops = {
                 reason: metric_value(
                     bridge, f'fraudstream_bridge_shadow_dropped_total{{reason="{reason}"}}'
                 )
@@ -140,18 +137,17 @@ def test_a_hanging_or_failing_challenger_never_slows_the_champion(
         figures[phase] = (statistics.median(values), p99(values), values[-1])
     for phase, (p50, p99_, worst) in figures.items():
         print(f"{phase:14s} champion latency p50 {p50 * 1000:6.1f} ms  p99 {p99_ * 1000:6.1f} ms"
-              f"  max {worst * 1000:6.1f} ms  shadow drops {drops.get(phase, {})}")  # fmt: skip
+              f"  max {worst * 1000:6.1f} ms")  # fmt: skip
+    print(f"shadow drops with the hanging challenger: {drops}")
     base = figures["no challenger"][1]
-    for phase in ("hanging", "HTTP 500"):
-        assert figures[phase][1] <= 2 * base + 0.1, (phase, figures)
-    assert drops["hanging"]["timeout"] > 0 and drops["hanging"]["queue_full"] > 0, drops
-    assert drops["HTTP 500"]["http_error"] > 0, drops
+    assert figures["hanging"][1] <= 2 * base + 0.1, figures
+    assert drops["timeout"] > 0 and drops["queue_full"] > 0, drops
     assert read_topic(kafka_bootstrap, pipe.topics["dlq"], 3) == []
     committed, end = committed_and_end(
         kafka_bootstrap, pipe.bridge_group, pipe.topics["transactions"]
     )
-    assert committed == end == 3000
-    assert len(pipe.ids()) == 3000
+    assert committed == end == 2 * PHASE
+    assert len(pipe.ids()) == 2 * PHASE
 
 
 # --------------------------------------------------------------------------- comparison
