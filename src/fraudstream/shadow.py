@@ -57,6 +57,7 @@ DROP_REASONS = (
     "produce_error",
     "shutdown",
 )
+LOG_EVERY_S = 60.0  # a drop is logged at most once a minute per reason (the counter has all)
 # one transaction of a shadow batch: its JSON body, and how to turn the challenger's result for
 # it (and when it was scored) into the result contract
 ShadowItem = tuple[bytes, str, Callable[[dict, datetime], Any]]
@@ -123,6 +124,7 @@ class ShadowScorer:
         self.stop = threading.Event()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.scored = 0
+        self._logged: dict[str, float] = {}  # reason -> when a drop was last logged
         self._partitions: list[int] = []
         self.thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
         self.thread.start()
@@ -223,9 +225,14 @@ class ShadowScorer:
         self.dropped[reason] += count
         if self.metrics:
             self.metrics.dropped.labels(reason).inc(count)
-        if reason != "queue_full" or self.dropped[reason] == count:
+        now = time.monotonic()
+        if now - self._logged.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:  # one line a minute
+            self._logged[reason] = now
             log.warning(
-                "shadow batch dropped (%s)", reason, extra={"reason": reason, "records": count}
+                "shadow batch dropped (%s); %d transaction(s) dropped for this reason so far",
+                reason,
+                self.dropped[reason],
+                extra={"reason": reason, "records": count},
             )
 
 
