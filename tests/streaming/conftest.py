@@ -413,4 +413,5 @@ def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
         "TOPIC_TRANSACTIONS": topics["transactions"],
         "TOPIC_SCORING": topics["scoring"],
         "TOPIC_DLQ": topics["dlq"],
+        "TOPIC_SCORING_SHADOW": topics["scoring"] + ".shadow",
     }
