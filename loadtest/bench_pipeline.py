@@ -58,6 +58,9 @@ class Step:
     p95: float = 0.0
     p99: float = 0.0
     max: float = 0.0
+    # produced -> scored by the bridge (the champion's path without the writer)
+    scored_p50: float = 0.0
+    scored_p99: float = 0.0
     lag_max: int = 0
     lag_end: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
@@ -269,17 +272,20 @@ def run_step(
                    extract(epoch FROM max(written_at) - min(produced_at)),
                    percentile_cont(ARRAY[0.5, 0.95, 0.99])
                        WITHIN GROUP (ORDER BY extract(epoch FROM written_at - produced_at)),
-                   max(extract(epoch FROM written_at - produced_at))
+                   max(extract(epoch FROM written_at - produced_at)),
+                   percentile_cont(ARRAY[0.5, 0.99])
+                       WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - produced_at))
             FROM scores WHERE produced_at >= to_timestamp(%s)
             """,
             (began_wall - 1,),
         )
-        rows, span, pcts, worst = cur.fetchone()
+        rows, span, pcts, worst, scored_pcts = cur.fetchone()
     step.rows = int(rows)
     replay_span = max(limit / step.rate, 1e-9)
     step.achieved = rows / max(float(span or replay_span), replay_span)
     step.p50, step.p95, step.p99 = (float(x) for x in (pcts or [0, 0, 0]))
     step.max = float(worst or 0)
+    step.scored_p50, step.scored_p99 = (float(x) for x in (scored_pcts or [0, 0]))
     window = lag.window(began)
     step.lag_max = max(window, default=0)
     step.lag_end = lag.current()
@@ -321,6 +327,7 @@ def report(step: Step) -> str:
         f"achieved {step.achieved:,.0f}/s; e2e p50 {step.p50 * 1000:.0f} ms "
         f"p95 {step.p95 * 1000:.0f} ms p99 {step.p99 * 1000:.0f} ms max {step.max * 1000:.0f} ms; "
         f"lag max {step.lag_max:,} end {step.lag_end:,}; "
+        f"scored p50 {step.scored_p50 * 1000:.0f} ms p99 {step.scored_p99 * 1000:.0f} ms; "
         f"{'SUSTAINED' if step.sustained else 'NOT sustained'}\n"
         f"    CPU (1.0 = one core): {cpu}   bottleneck: {step.bottleneck}   "
         f"load {step.load}\n"
