@@ -13,7 +13,7 @@ import pytest
 
 from fraudstream.scored_transaction import ScoredTransaction
 from fraudstream.shadow import ShadowScorer, parse_duration
-from tests.streaming.stub_scorer import serve
+from streaming.stub_scorer import serve
 
 
 class FakeFuture:
