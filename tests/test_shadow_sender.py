@@ -10,10 +10,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from streaming.stub_scorer import serve
 
 from fraudstream.scored_transaction import ScoredTransaction
 from fraudstream.shadow import ShadowScorer, parse_duration
-from streaming.stub_scorer import serve
 
 
 class FakeFuture:
