@@ -43,7 +43,7 @@ def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(
     assert first.stdout.count(": created") == 5  # transactions, scoring, dlq, labels, shadow
     again = cli("topics", "create", "--partitions", "4", env=env)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("exists (4 partitions)") == 4
+    assert again.stdout.count("exists (4 partitions)") == 5
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
