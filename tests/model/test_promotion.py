@@ -114,7 +114,8 @@ def test_promote_refuses_worse_and_accepts_better(
 
     # 2. a bad model made champion by force (as a rollback would): the file names it
     code, out = promote(capsys, shuffled_model, model_data, "--force")
-    assert code == 0 and out["promoted"] and not out["passed_gate"]
+    # (with no champion only the recall floor applies, which a model flagging nearly all can pass)
+    assert code == 0 and out["promoted"]
     assert read_champion()["tag"] == shuffled_model
 
     # 3. the good model beats it: compared with the champion from the file, promoted
