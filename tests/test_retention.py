@@ -173,4 +173,4 @@ def test_scores_prune_deletes_labels_stored_before_their_retention(
 def test_prune_without_a_database_says_so(monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", "")
     assert main(["scores", "prune"]) == 2
-    assert "no database" in capsys.readouterr().out
+    assert "no database" in capsys.readouterr().err

@@ -144,13 +144,14 @@ def run(args: argparse.Namespace) -> int:
 
     from fraudstream.loader import DataError
     from fraudstream.logs import setup_logging
-    from fraudstream.settings import DatabaseSettings, LogSettings
+    from fraudstream.settings import LogSettings
 
     logs = LogSettings()
     setup_logging(logs.log_level, logs.log_format)
-    dsn = args.database_url or DatabaseSettings().database_url
+    from fraudstream.database import database_url
+
+    dsn = database_url(args.database_url, "history backfill")
     if not dsn:
-        print("fraudstream history backfill: no database: set DATABASE_URL or pass --database-url")
         return 2
     try:
         result = backfill(dsn, args.files, batch_size=max(1, args.batch_size))

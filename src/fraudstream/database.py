@@ -19,6 +19,20 @@ if TYPE_CHECKING:
     from psycopg2.extensions import connection
 
 
+def database_url(given: str | None, command: str) -> str:
+    """``--database-url`` when given, else ``$DATABASE_URL``; "" after telling the user (on
+    stderr, naming ``command``) when neither is set: the command then exits with code 2."""
+    import sys
+
+    dsn = given or DatabaseSettings().database_url
+    if not dsn:
+        print(
+            f"fraudstream {command}: no database: set DATABASE_URL or pass --database-url",
+            file=sys.stderr,
+        )
+    return dsn
+
+
 def connection_options(
     dsn: str,
     settings: DatabaseSettings | None = None,

@@ -256,6 +256,15 @@ def wait_delivered(producer: Any, futures: Sequence[Any]) -> None:
             raise DeliveryError(f"record not delivered: {future.exception!r}")
 
 
+# A transaction that starts right after the previous commit usually gets CONCURRENT_TRANSACTIONS
+# for its first AddPartitionsToTxn (the broker is still writing the previous one's markers), and
+# the client retries after its retry backoff. The Java client lowers that one backoff to 20 ms
+# (KAFKA-5477); kafka-python 3.0 computes the same override but its sender sleeps the producer's
+# ``retry_backoff_ms`` (100 ms) anyway, which put ~100 ms on every bridge batch. Measured on a
+# local broker, 50-record transactions back to back: median 136 ms at 100, 56 at 20, 34 at 10.
+TRANSACTION_RETRY_BACKOFF_MS = 10
+
+
 class TransactionalProducer:
     """A transactional :func:`make_producer` (``init_transactions`` done) that the runner can
     replace by a new one with the same transactional id; everything else is the producer's.
@@ -279,6 +288,7 @@ class TransactionalProducer:
             self.bootstrap,
             transactional_id=self.transactional_id,
             transaction_timeout_ms=self.timeout_ms,
+            retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
         )
         try:
             producer.init_transactions()

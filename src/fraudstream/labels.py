@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from fraudstream.database import database_url
 from fraudstream.kafka_runner import ConsumerParts
 from fraudstream.schema import EARLIEST, MAX_EVENT_TIME_SKEW, PRINTABLE, validation_poison
 
@@ -172,7 +173,6 @@ def run_consume(args: argparse.Namespace) -> int:
     from fraudstream.kafka_runner import run_consumer
     from fraudstream.quality import QualityRefresher
     from fraudstream.settings import (
-        DatabaseSettings,
         KafkaSettings,
         LabelsSettings,
         WriterSettings,
@@ -181,9 +181,8 @@ def run_consume(args: argparse.Namespace) -> int:
 
     settings = LabelsSettings()
     writer = WriterSettings()  # DB_RETRY_MAX_S / DB_MAX_ATTEMPTS, as the writer's
-    dsn = args.database_url or DatabaseSettings().database_url
+    dsn = database_url(args.database_url, "labels consume")
     if not dsn:
-        print("error: no database: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
 
     def build(parts: ConsumerParts) -> tuple[LabelStep, list[Any]]:

@@ -326,12 +326,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from fraudstream.database import connect
-    from fraudstream.settings import DatabaseSettings, LabelsSettings
+    from fraudstream.database import connect, database_url
+    from fraudstream.settings import LabelsSettings
 
-    dsn = args.database_url or DatabaseSettings().database_url
+    dsn = database_url(args.database_url, "report")
     if not dsn:
-        print("fraudstream report: no database: set DATABASE_URL or pass --database-url")
         return 2
     since, window = args.since
     max_rows = args.max_rows or LabelsSettings().quality_max_rows

@@ -237,20 +237,20 @@ def add_scores_arguments(parser: argparse.ArgumentParser) -> None:
     _database_argument(prune)
 
 
-def _setup(args: argparse.Namespace) -> str:
+def _setup(args: argparse.Namespace, command: str) -> str:
+    from fraudstream.database import database_url
     from fraudstream.logs import setup_logging
-    from fraudstream.settings import DatabaseSettings, LogSettings
+    from fraudstream.settings import LogSettings
 
     logs = LogSettings()
     setup_logging(logs.log_level, logs.log_format)
-    return args.database_url or DatabaseSettings().database_url
+    return database_url(args.database_url, command)
 
 
 def _run_prune(command: str, prune: Callable[[str], list[PruneResult]], dsn: str) -> int:
     import psycopg2
 
     if not dsn:
-        print(f"fraudstream {command}: no database: set DATABASE_URL or pass --database-url")
         return 2
     try:
         results = prune(dsn)
@@ -270,7 +270,7 @@ def run_history(args: argparse.Namespace) -> int:
         return run_backfill(args)
     from fraudstream.settings import RetentionSettings
 
-    dsn = _setup(args)
+    dsn = _setup(args, "history prune")
     settings = RetentionSettings()
     days = settings.history_dedupe_days if args.dedupe_days is None else args.dedupe_days
     size = args.batch_size or settings.prune_batch_size
@@ -280,7 +280,7 @@ def run_history(args: argparse.Namespace) -> int:
 def run_scores(args: argparse.Namespace) -> int:
     from fraudstream.settings import RetentionSettings
 
-    dsn = _setup(args)
+    dsn = _setup(args, "scores prune")
     settings = RetentionSettings()
     days = settings.scores_retention_days if args.retention_days is None else args.retention_days
     labels_days = (

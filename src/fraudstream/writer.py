@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fraudstream.database import database_url
 from fraudstream.kafka_runner import ConsumerParts, ShutdownRequestedError, backoff_delays
 from fraudstream.schema import validation_poison
 from fraudstream.scored_transaction import ScoredTransaction
@@ -311,12 +311,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fraudstream.kafka_runner import run_consumer
-    from fraudstream.settings import DatabaseSettings, KafkaSettings, WriterSettings
+    from fraudstream.settings import KafkaSettings, WriterSettings
 
     settings = WriterSettings()
-    dsn = args.database_url or DatabaseSettings().database_url
+    dsn = database_url(args.database_url, "writer")
     if not dsn:
-        print("error: no database: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
 
     def build(parts: ConsumerParts) -> tuple[WriterStep, list[ScoreStore]]:

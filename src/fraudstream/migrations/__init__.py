@@ -72,11 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fraudstream.settings import DatabaseSettings
+    from fraudstream.database import database_url
 
-    dsn = args.database_url or DatabaseSettings().database_url
+    dsn = database_url(args.database_url, "migrate")
     if not dsn:
-        print("error: no database: set DATABASE_URL or pass --database-url")
         return 2
     applied = migrate(dsn)
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
