@@ -418,12 +418,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from fraudstream.database import connect
-    from fraudstream.settings import DatabaseSettings
+    from fraudstream.database import connect, database_url
 
-    dsn = args.database_url or DatabaseSettings().database_url
+    dsn = database_url(args.database_url, "shadow compare")
     if not dsn:
-        print("error: no database: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
     try:
         conn = connect(dsn, application_name="fraudstream-shadow")
