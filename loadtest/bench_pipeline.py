@@ -7,6 +7,11 @@ Kafka -> writer -> PostgreSQL, every part a real local process.
     # the highest sustained rate: steps of 60 s at rising rates until one is not sustained
     .venv/bin/python loadtest/bench_pipeline.py --ramp 800,1200,1600,2000,2500,3000 --duration 60
 
+    # the same with a challenger in shadow (a second scorer, $CHALLENGER_MODEL_TAG or the same
+    # model; the bridge's SCORER_SHADOW_URL; a second writer into scores_shadow): compare the
+    # champion's p99 with a run without --shadow
+    .venv/bin/python loadtest/bench_pipeline.py --rate 400 --duration 120 --shadow
+
 End-to-end latency is ``written_at - produced_at`` per row of ``scores`` (Kafka timestamp of the
 transaction -> commit of its row). Lag is sampled every 2 s from committed offsets against end
 offsets of both consumer groups. A step is *sustained* when rows were written at >= 95 % of the
@@ -53,11 +58,15 @@ class Step:
     p95: float = 0.0
     p99: float = 0.0
     max: float = 0.0
+    # produced -> scored by the bridge (the champion's path without the writer)
+    scored_p50: float = 0.0
+    scored_p99: float = 0.0
     lag_max: int = 0
     lag_end: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
     means: dict[str, float] = field(default_factory=dict)
     load: str = ""
+    shadow: dict[str, float] = field(default_factory=dict)  # --shadow: rows, drops
 
     @property
     def sustained(self) -> bool:
@@ -215,6 +224,11 @@ def run_step(
     limit = int(step.rate * step.duration)
     before_cpu = proc_tree_cpu(pids)
     before_metrics = scrape(metric_ports)
+    before_drops = (
+        scrape_lines(metric_ports["bridge"], "fraudstream_bridge_shadow_dropped_total")
+        if "challenger" in pids
+        else {}
+    )
     with open(work / f"replay-{step.rate:g}.log", "wb") as out:
         replay = subprocess.Popen(
             [*CLI, "replay", str(csv), "--rate", str(step.rate), "--limit", str(limit)]
@@ -258,22 +272,49 @@ def run_step(
                    extract(epoch FROM max(written_at) - min(produced_at)),
                    percentile_cont(ARRAY[0.5, 0.95, 0.99])
                        WITHIN GROUP (ORDER BY extract(epoch FROM written_at - produced_at)),
-                   max(extract(epoch FROM written_at - produced_at))
+                   max(extract(epoch FROM written_at - produced_at)),
+                   percentile_cont(ARRAY[0.5, 0.99])
+                       WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - produced_at))
             FROM scores WHERE produced_at >= to_timestamp(%s)
             """,
             (began_wall - 1,),
         )
-        rows, span, pcts, worst = cur.fetchone()
+        rows, span, pcts, worst, scored_pcts = cur.fetchone()
     step.rows = int(rows)
     replay_span = max(limit / step.rate, 1e-9)
     step.achieved = rows / max(float(span or replay_span), replay_span)
     step.p50, step.p95, step.p99 = (float(x) for x in (pcts or [0, 0, 0]))
     step.max = float(worst or 0)
+    step.scored_p50, step.scored_p99 = (float(x) for x in (scored_pcts or [0, 0]))
     window = lag.window(began)
     step.lag_max = max(window, default=0)
     step.lag_end = lag.current()
     step.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if "challenger" in pids:
+        time.sleep(2)  # the shadow path is best effort and a little behind
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM scores_shadow WHERE produced_at >= to_timestamp(%s)",
+                (began_wall - 1,),
+            )
+            step.shadow["rows"] = cur.fetchone()[0]
+        after = scrape_lines(metric_ports["bridge"], "fraudstream_bridge_shadow_dropped_total")
+        step.shadow |= {k: v - before_drops.get(k, 0) for k, v in after.items()}
     return step
+
+
+def scrape_lines(port: int, prefix: str) -> dict[str, float]:
+    """Every sample of one metric family on ``port`` (label set -> value)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, value = line.rsplit(" ", 1)
+            out[key.removeprefix(prefix)] = float(value)
+    return out
 
 
 def report(step: Step) -> str:
@@ -286,10 +327,11 @@ def report(step: Step) -> str:
         f"achieved {step.achieved:,.0f}/s; e2e p50 {step.p50 * 1000:.0f} ms "
         f"p95 {step.p95 * 1000:.0f} ms p99 {step.p99 * 1000:.0f} ms max {step.max * 1000:.0f} ms; "
         f"lag max {step.lag_max:,} end {step.lag_end:,}; "
+        f"scored p50 {step.scored_p50 * 1000:.0f} ms p99 {step.scored_p99 * 1000:.0f} ms; "
         f"{'SUSTAINED' if step.sustained else 'NOT sustained'}\n"
         f"    CPU (1.0 = one core): {cpu}   bottleneck: {step.bottleneck}   "
         f"load {step.load}\n"
-        f"    means: {means}"
+        f"    means: {means}" + (f"\n    shadow: {step.shadow}" if step.shadow else "")
     )
 
 
@@ -308,6 +350,12 @@ def main() -> int:
     parser.add_argument("--bridge-max-wait-ms", default="50")
     parser.add_argument("--scorer-workers", default="1")
     parser.add_argument("--bridges", type=int, default=1, help="bridge processes (one group)")
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also run a challenger scorer in shadow ($CHALLENGER_MODEL_TAG, default the same"
+        " model) and a writer into scores_shadow",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -345,13 +393,31 @@ def main() -> int:
         started.append(postgres)
         migrate(postgres.url)
         create_topics(
-            kafka.bootstrap, ["transactions", "scoring", "transactions.dlq"], 6, 3600_000, 1
+            kafka.bootstrap,
+            ["transactions", "scoring", "transactions.dlq", "scoring.shadow"],
+            6,
+            3600_000,
+            1,
         )
         scorer = ScorerServer(
             work / "scorer.log",
             env={**env, "DATABASE_URL": "", "WORKERS": args.scorer_workers, "ACCESS_LOG": "false"},
         ).start(timeout=180)
         started.append(scorer)
+        challenger = None
+        if args.shadow:
+            tag = os.environ.get("CHALLENGER_MODEL_TAG") or env.get("MODEL_TAG", "")
+            challenger = ScorerServer(
+                work / "challenger.log",
+                env={
+                    **env,
+                    "DATABASE_URL": "",
+                    "WORKERS": args.scorer_workers,
+                    "ACCESS_LOG": "false",
+                    **({"MODEL_TAG": tag} if tag else {}),
+                },
+            ).start(timeout=180)
+            started.append(challenger)
         env = {
             **env,
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
@@ -360,15 +426,25 @@ def main() -> int:
             "BRIDGE_BATCH_SIZE": args.bridge_batch_size,
             "BRIDGE_BATCH_MAX_WAIT_MS": args.bridge_max_wait_ms,
         }
+        if challenger is not None:
+            env["SCORER_SHADOW_URL"] = challenger.url
+        shadow_writer_env = {
+            "TOPIC_SCORING": "scoring.shadow",
+            "WRITER_TABLE": "scores_shadow",
+            "WRITER_GROUP_ID": "fraudstream-writer-shadow",
+        }
         metric_ports = {"writer": free_port(), "bridge": free_port()}
         names = ["writer", "bridge"] + [f"bridge{i}" for i in range(2, args.bridges + 1)]
+        if challenger is not None:
+            names.append("writer-shadow")
         for name in names:
             port = metric_ports.get(name, 0)
+            command = "writer" if name == "writer-shadow" else name.rstrip("0123456789")
             with open(work / f"{name}.log", "wb") as out:
                 parts.append(
                     subprocess.Popen(
-                        [*CLI, name.rstrip("0123456789"), "--metrics-port", str(port)],
-                        env=env,
+                        [*CLI, command, "--metrics-port", str(port)],
+                        env={**env, **shadow_writer_env} if name == "writer-shadow" else env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
@@ -379,8 +455,10 @@ def main() -> int:
             "postgres": postgres_pids(postgres.data),
             "scorer": [scorer.proc.pid],
             "writer": [parts[0].pid],
-            "bridge": [p.pid for p in parts[1:]],
+            "bridge": [p.pid for p in parts[1 : args.bridges + 1]],
         }
+        if challenger is not None:
+            pids |= {"challenger": [challenger.proc.pid], "writer-shadow": [parts[-1].pid]}
         lag = Lag(
             kafka.bootstrap,
             {"fraudstream-bridge": "transactions", "fraudstream-writer": "scoring"},

@@ -117,26 +117,32 @@ def test_a_card_pruned_while_being_scored_keeps_its_new_state(pg_url: str):
 
 
 def test_scores_prune_deletes_rows_written_before_the_retention(pg_url: str, monkeypatch, capsys):
+    """In ``scores`` and in the challenger's ``scores_shadow`` (fraudstream.shadow) alike."""
     migrate(pg_url)
-    for i, days in enumerate([120, 100, 95, 91, 89, 10, 0]):
-        query(
-            pg_url,
-            "INSERT INTO scores (transaction_id, score, fraud_flag, threshold, model_version,"
-            " amount, category, merchant, event_time, scored_at, written_at) VALUES (%s, 0.1,"
-            " false, 0.5, 'm', 12.5, 'misc_pos', 'shop', '2020-07-01 12:00:00', now(),"
-            " now() - make_interval(days => %s))",
-            (f"tx-{i}", days),
-        )
+    tables = ("scores", "scores_shadow")
+    for table in tables:
+        for i, days in enumerate([120, 100, 95, 91, 89, 10, 0]):
+            query(
+                pg_url,
+                f"INSERT INTO {table} (transaction_id, score, fraud_flag, threshold,"  # noqa: S608
+                " model_version, amount, category, merchant, event_time, scored_at, written_at)"
+                " VALUES (%s, 0.1, false, 0.5, 'm', 12.5, 'misc_pos', 'shop',"
+                " '2020-07-01 12:00:00', now(), now() - make_interval(days => %s))",
+                (f"tx-{i}", days),
+            )
     monkeypatch.setenv("SCORES_RETENTION_DAYS", "90")
     monkeypatch.setenv("PRUNE_BATCH_SIZE", "3")
     assert main(["scores", "prune", "--database-url", pg_url]) == 0
-    assert "scores: deleted 4 row(s) in 2 batch(es)" in capsys.readouterr().out
-    left = query(pg_url, "SELECT transaction_id FROM scores ORDER BY transaction_id")
-    assert [t for (t,) in left] == ["tx-4", "tx-5", "tx-6"]
-    indexes = query(pg_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'scores'")
-    assert ("scores_written_at",) in indexes
+    out = capsys.readouterr().out
+    for table in tables:
+        assert f"{table}: deleted 4 row(s) in 2 batch(es)" in out
+        left = query(pg_url, f"SELECT transaction_id FROM {table} ORDER BY transaction_id")  # noqa: S608
+        assert [t for (t,) in left] == ["tx-4", "tx-5", "tx-6"]
+        indexes = query(pg_url, "SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))
+        assert (f"{table}_written_at",) in indexes
     assert main(["scores", "prune", "--retention-days", "5", "--database-url", pg_url]) == 0
-    assert [t for (t,) in query(pg_url, "SELECT transaction_id FROM scores")] == ["tx-6"]
+    for table in tables:
+        assert [t for (t,) in query(pg_url, f"SELECT transaction_id FROM {table}")] == ["tx-6"]  # noqa: S608
 
 
 def test_scores_prune_deletes_labels_stored_before_their_retention(

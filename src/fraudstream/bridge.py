@@ -33,11 +33,16 @@ DLQ records and the input offsets are committed together, so a crash anywhere re
 batch but ``read_committed`` readers see its results once. Without it a crash between 3 and
 the commit can publish a batch's results twice; the scorer is idempotent on ``transaction_id``
 and the writer's insert ignores ids it already has, so ``scores`` holds them once either way.
+
+With ``SCORER_SHADOW_URL`` each scored batch is also handed to a challenger scorer in the
+background (:mod:`fraudstream.shadow`): best effort, never waited for, dropped and counted when
+the challenger is slow or broken.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import threading
@@ -253,8 +258,11 @@ class BridgeStep:
         dead_letters: Any,  # dlq.DeadLetters
         metrics: Any = None,  # kafka_runner.ConsumerMetrics
         max_attempts: int = 5,
+        shadow: Any = None,  # shadow.ShadowScorer: the challenger, best effort
     ) -> None:
         from fraudstream.schema import EXAMPLE_TRANSACTION, Transaction
+
+        self.shadow = shadow
 
         self.Transaction = Transaction
         self.scorer = scorer
@@ -331,6 +339,10 @@ class BridgeStep:
         wait_delivered(self.producer, futures)
         if self.metrics:
             self.metrics.messages_out.inc(len(scored))
+        if self.shadow is not None:  # queued, never waited for (fraudstream.shadow)
+            self.shadow.submit(
+                [(i.body, i.transaction_id, functools.partial(self._scored, i)) for i, _ in results]
+            )
 
     def _scored(self, item: _Valid, result: dict, scored_at: datetime) -> ScoredTransaction:
         """The result contract for ``item``: the scorer's answer and the transaction's
@@ -454,8 +466,10 @@ def run(args: argparse.Namespace) -> int:
     settings = BridgeSettings()
     scorer_url = args.scorer_url or settings.scorer_url
 
-    def build(parts: ConsumerParts) -> tuple[BridgeStep, list[ScorerClient]]:
+    def build(parts: ConsumerParts) -> tuple[BridgeStep, list[Any]]:
         from prometheus_client import Counter, Histogram
+
+        from fraudstream.shadow import from_settings as shadow_from_settings
 
         bridge_metrics = BridgeMetrics(
             errors=parts.metrics.errors,
@@ -481,8 +495,11 @@ def run(args: argparse.Namespace) -> int:
             parts.dead_letters,
             parts.metrics,
             max_attempts=settings.scorer_max_attempts,
+            shadow=shadow_from_settings(
+                kafka.kafka_bootstrap_servers, kafka.topic_scoring_shadow, settings
+            ),
         )
-        return step, [scorer]
+        return step, [scorer] + ([step.shadow] if step.shadow else [])
 
     return run_consumer(
         "bridge",
@@ -498,6 +515,7 @@ def run(args: argparse.Namespace) -> int:
         transaction_timeout_ms=settings.bridge_transaction_timeout_ms,
         topic_out=kafka.topic_scoring,
         scorer_url=scorer_url,
+        scorer_shadow_url=settings.scorer_shadow_url,
     )
 
 

@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
         "prune the scorer's per-card history in PostgreSQL, or backfill it from CSV files",
     ),
     "scores": ("fraudstream.retention", "stream", "delete scores older than the retention"),
+    "shadow": (
+        "fraudstream.shadow",
+        "stream",
+        "compare the challenger's shadow scores with the champion's on labelled transactions",
+    ),
 }
 
 

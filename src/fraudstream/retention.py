@@ -8,7 +8,8 @@
 * ``card_history`` (one state per card): cards not updated for longer than the history window
   (7 days) + ``HISTORY_DEDUPE_DAYS`` are deleted; such a card's next transaction starts a new
   history (every window of its old state is empty by then; its lifetime aggregates go).
-* ``scores``: rows written more than ``SCORES_RETENTION_DAYS`` (90) ago are deleted.
+* ``scores`` and ``scores_shadow`` (the challenger's, :mod:`fraudstream.shadow`): rows written
+  more than ``SCORES_RETENTION_DAYS`` (90) ago are deleted.
 * ``labels``: rows stored (or last overridden) more than ``LABELS_RETENTION_DAYS`` (90) ago are
   deleted by the same ``fraudstream scores prune``.
 
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DAY_S = 86_400.0
+# the tables `fraudstream scores prune` keeps to SCORES_RETENTION_DAYS: the champion's scores
+# and the challenger's (fraudstream.shadow)
+SCORE_TABLES = ("scores", "scores_shadow")
 
 
 @dataclass
@@ -166,9 +170,14 @@ def prune_table(
         conn.close()
 
 
-def prune_scores(dsn: str, retention_days: float, batch_size: int = 5_000) -> PruneResult:
-    """Delete the rows of ``scores`` written more than ``retention_days`` ago."""
-    return prune_table(dsn, "scores", "id", "written_at", retention_days, batch_size)
+def prune_scores(
+    dsn: str, retention_days: float, batch_size: int = 5_000, table: str = "scores"
+) -> PruneResult:
+    """Delete the rows of ``table`` (one of :data:`SCORE_TABLES`: never a name from input)
+    written more than ``retention_days`` ago."""
+    if table not in SCORE_TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return prune_table(dsn, table, "id", "written_at", retention_days, batch_size)
 
 
 def prune_labels(dsn: str, retention_days: float, batch_size: int = 5_000) -> PruneResult:
@@ -282,6 +291,9 @@ def run_scores(args: argparse.Namespace) -> int:
     size = args.batch_size or settings.prune_batch_size
     return _run_prune(
         "scores prune",
-        lambda url: [prune_scores(url, days, size), prune_labels(url, labels_days, size)],
+        lambda url: [
+            *(prune_scores(url, days, size, table=table) for table in SCORE_TABLES),
+            prune_labels(url, labels_days, size),
+        ],
         dsn,
     )

@@ -23,6 +23,8 @@ class KafkaSettings(_Base):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     topic_transactions: str = "transactions"
     topic_scoring: str = "scoring"
+    # results of the challenger scorer (best effort, see fraudstream.shadow)
+    topic_scoring_shadow: str = "scoring.shadow"
     topic_dlq: str = "transactions.dlq"
     # confirmed outcomes (fraudstream.labels.Label; key = transaction_id)
     topic_labels: str = "labels"
@@ -178,6 +180,13 @@ class BridgeSettings(_Base):
     # a non-transient scorer error (e.g. 500) for the same batch this many times in a row: find
     # the record(s) it fails on (bisection) and send them to the DLQ as scorer_error
     scorer_max_attempts: int = 5
+    # shadow scoring (fraudstream.shadow): a challenger scorer's URL, empty = off. Each batch is
+    # also sent there from a background thread, results to TOPIC_SCORING_SHADOW; a shadow
+    # batch the challenger does not answer within SCORER_SHADOW_TIMEOUT_S (one attempt), or
+    # that finds BRIDGE_SHADOW_QUEUE_SIZE batches already waiting, is dropped and counted
+    scorer_shadow_url: str = ""
+    scorer_shadow_timeout_s: float = Field(default=2.0, gt=0)
+    bridge_shadow_queue_size: int = Field(default=4, ge=1)
     metrics_port: int = 9101
 
 
@@ -193,6 +202,9 @@ class WriterSettings(_Base):
     # an unexpected database error (not a lost connection, not a refused row) for the same
     # batch this many times in a row: bisect it and send the rows it fails on to the DLQ
     db_max_attempts: int = 5
+    # the table written: `scores`, or `scores_shadow` for a second writer that reads the
+    # challenger's results (TOPIC_SCORING=scoring.shadow, its own WRITER_GROUP_ID)
+    writer_table: Literal["scores", "scores_shadow"] = "scores"
     metrics_port: int = 9102
 
 

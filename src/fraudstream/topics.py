@@ -6,6 +6,7 @@ Topics (names from :class:`fraudstream.settings.KafkaSettings`):
 - ``scoring`` (key = transaction_id, value = score JSON)
 - ``transactions.dlq`` (original key and bytes; reason and source offset in headers)
 - ``labels`` (key = transaction_id, value = Label JSON: :mod:`fraudstream.labels`)
+- ``scoring.shadow`` (the challenger's results, best effort: :mod:`fraudstream.shadow`)
 
 An existing topic is left as it is (a topic with fewer partitions than asked is reported, never
 shrunk or silently grown, because growing re-maps keys to partitions).
@@ -131,7 +132,13 @@ def run(args: argparse.Namespace) -> int:
     logs = LogSettings()
     setup_logging(logs.log_level, logs.log_format)
     kafka = KafkaSettings()
-    names = [kafka.topic_transactions, kafka.topic_scoring, kafka.topic_dlq, kafka.topic_labels]
+    names = [
+        kafka.topic_transactions,
+        kafka.topic_scoring,
+        kafka.topic_dlq,
+        kafka.topic_labels,
+        kafka.topic_scoring_shadow,
+    ]
     result = create_topics(
         args.bootstrap or kafka.kafka_bootstrap_servers,
         names,

@@ -15,6 +15,10 @@ A refused batch is halved until the rows to blame are found; the others are stor
 that are no row's fault stop the writer instead (a missing table or privilege: exit 1), and
 so does the DLQ ratio guard when most rows are refused (exit 3). The table is created by
 ``fraudstream migrate`` (``migrations/0002_scores.sql``).
+
+``WRITER_TABLE=scores_shadow`` makes a second writer (its own ``WRITER_GROUP_ID``, reading
+``TOPIC_SCORING=scoring.shadow``) store the challenger's results (:mod:`fraudstream.shadow`) in
+``scores_shadow`` (``migrations/0006_scores_shadow.sql``), the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ INSERT_SQL = (
     f"INSERT INTO scores ({', '.join(ScoredTransaction.model_fields)}) VALUES %s"
     " ON CONFLICT (transaction_id) DO NOTHING"
 )
+# the tables a writer may fill (WRITER_TABLE): the champion's and the challenger's results
+TABLES = ("scores", "scores_shadow")
+
+
+def insert_sql(table: str = "scores") -> str:
+    """:data:`INSERT_SQL` for ``table`` (one of :data:`TABLES`: never a name from input)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return INSERT_SQL.replace("INTO scores ", f"INTO {table} ", 1)
 
 
 class RowsRejectedError(Exception):
@@ -313,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
             settings.db_retry_max_s,
             writer_metrics,
             max_attempts=settings.db_max_attempts,
+            sql=insert_sql(settings.writer_table),
         )
         return WriterStep(store, parts.dead_letters, parts.metrics, writer_metrics), [store]
 
@@ -326,4 +340,5 @@ def run(args: argparse.Namespace) -> int:
         batch_max_wait_ms=settings.writer_batch_max_wait_ms,
         commit_interval_ms=settings.writer_commit_interval_ms,
         metrics_port=args.metrics_port if args.metrics_port is not None else settings.metrics_port,
+        table=settings.writer_table,
     )

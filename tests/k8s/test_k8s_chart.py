@@ -408,6 +408,8 @@ SETTINGS_OF = {
         DatabaseSettings,
         LogSettings,
     ),  # fmt: skip
+    "challenger": (ScorerSettings, DatabaseSettings, LogSettings, IdentitySettings),
+    "writer-shadow": (KafkaSettings, WriterSettings, HealthSettings, DatabaseSettings, LogSettings),
     "migrations": (DatabaseSettings, LogSettings),
     "topics": (KafkaSettings, LogSettings),
     "ui": (KafkaSettings, DatabaseSettings, UiSettings, IdentitySettings),
@@ -1076,3 +1078,43 @@ def test_prune_cronjob_follows_its_values() -> None:
     assert not [o for o in off if o["metadata"]["name"] == "fraudstream-prune"]
     with pytest.raises(AssertionError, match="historyDedupeDays"):
         render(sets=("prune.historyDedupeDays=0",))
+
+
+def test_challenger_in_shadow_is_off_by_default_and_reuses_the_scorer_template() -> None:
+    off = render()
+    assert not [o for o in off if "challenger" in o["metadata"]["name"]]
+    assert "SCORER_SHADOW_URL" not in named(off, "ConfigMap", "fraudstream-bridge")["data"]
+    assert not [o for o in off if o["metadata"]["name"] == "fraudstream-writer-shadow"]
+
+    on = render(values=scenario_values("shadow-values.yaml"))
+    scorer = named(on, "Deployment", "fraudstream-scorer")
+    challenger = named(on, "Deployment", "fraudstream-challenger")
+    (c_scorer,), (c_challenger,) = containers(scorer), containers(challenger)
+    assert container_env(on, challenger, c_challenger)["MODEL_TAG"] == "fraud-model:challenger"
+    assert container_env(on, scorer, c_scorer)["MODEL_TAG"] == "fraud-model:latest"
+    # the same template: the same container but for the model, replicas and resources
+    for key in ("image", "ports", "livenessProbe", "readinessProbe", "securityContext"):
+        assert c_scorer[key] == c_challenger[key], key
+    assert challenger["spec"]["replicas"] == 1
+    assert not [h for h in by_kind(on, "HorizontalPodAutoscaler") if "challenger" in json.dumps(h)]
+    # the bridge reaches it through its Service
+    bridge_cm = named(on, "ConfigMap", "fraudstream-bridge")["data"]
+    url = urlsplit(bridge_cm["SCORER_SHADOW_URL"])
+    svc = named(on, "Service", url.hostname)
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "challenger"
+    assert url.port in {p["port"] for p in svc["spec"]["ports"]}
+    # a second writer stores the shadow topic in scores_shadow, in its own group
+    writer = named(on, "Deployment", "fraudstream-writer-shadow")
+    (c_writer,) = containers(writer)
+    env = container_env(on, writer, c_writer)
+    assert c_writer["args"] == ["writer"]
+    assert env["TOPIC_SCORING"] == env["TOPIC_SCORING_SHADOW"] == "scoring.shadow"
+    assert env["WRITER_TABLE"] == "scores_shadow"
+    assert (
+        env["WRITER_GROUP_ID"]
+        != named(on, "ConfigMap", "fraudstream-writer")["data"]["WRITER_GROUP_ID"]
+    )
+    # the topics job creates the shadow topic
+    job = named(on, "Job", "fraudstream-topics")
+    names = {e["name"] for e in containers(job)[0]["env"]}
+    assert "TOPIC_SCORING_SHADOW" in names

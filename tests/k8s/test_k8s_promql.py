@@ -137,6 +137,7 @@ def consumer_metrics(
                 "BRIDGE_GROUP_ID": f"bridge-{topics['scoring']}",
                 "WRITER_GROUP_ID": f"writer-{topics['scoring']}",
                 "SCORER_URL": "http://127.0.0.1:9",  # never called: the topic stays empty
+                "SCORER_SHADOW_URL": "http://127.0.0.1:9",  # the shadow metrics too
                 "DATABASE_URL": postgres_url,
                 "METRICS_PORT": str(port),
                 "LOG_FORMAT": "text",

@@ -415,4 +415,5 @@ def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
         "TOPIC_SCORING": topics["scoring"],
         "TOPIC_DLQ": topics["dlq"],
         "TOPIC_LABELS": topics["labels"],
+        "TOPIC_SCORING_SHADOW": topics["scoring"] + ".shadow",
     }

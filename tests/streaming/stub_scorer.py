@@ -12,7 +12,10 @@ scorer:
   missing credentials, a proxy in the way, ...);
 - ``STUB_ERROR_IDS`` / ``STUB_ERROR_MERCHANT``: answer 500 to any call that contains a
   transaction with one of these ids (comma-separated) or this merchant, like a scorer bug that
-  only some records trigger.
+  only some records trigger;
+- ``STUB_DELAY_S``: wait this long before answering any POST (a slow or hanging scorer);
+- ``STUB_MODEL_VERSION``: the ``model_version`` it reports (default ``stub:1``; e.g. a
+  challenger's).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REJECT_MERCHANT = "fraud_reject_me"
 THRESHOLD = 0.5
+MODEL_VERSION = os.environ.get("STUB_MODEL_VERSION") or "stub:1"
 
 
 def stub_score(tx: dict) -> dict:
@@ -35,7 +40,7 @@ def stub_score(tx: dict) -> dict:
         "score": score,
         "fraud_flag": flag,
         "threshold": THRESHOLD,
-        "model_version": "stub:1",
+        "model_version": MODEL_VERSION,
         "reasons": [{"feature": "amount", "value": tx["amount"], "impact": 1.0}] if flag else [],
     }
 
@@ -46,6 +51,7 @@ class Handler(BaseHTTPRequestHandler):
     body = os.environ.get("STUB_BODY", '{"error": "stub"}').encode()
     error_ids = frozenset(filter(None, os.environ.get("STUB_ERROR_IDS", "").split(",")))
     error_merchant = os.environ.get("STUB_ERROR_MERCHANT", "")
+    delay_s = float(os.environ.get("STUB_DELAY_S") or 0)
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
@@ -64,6 +70,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         Handler.calls += 1
         raw = self.rfile.read(int(self.headers["content-length"]))
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.status:
             self._send(self.status, self.body)
             return

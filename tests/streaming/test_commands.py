@@ -40,10 +40,10 @@ def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(
     env = {**topic_env(kafka_bootstrap, topics), "TOPIC_RETENTION_BYTES": "123456789"}
     first = cli("topics", "create", "--partitions", "4", "--retention-ms", "3600000", env=env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(": created") == 4  # transactions, scoring, dlq, labels
+    assert first.stdout.count(": created") == 5  # transactions, scoring, dlq, labels, shadow
     again = cli("topics", "create", "--partitions", "4", env=env)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("exists (4 partitions)") == 4
+    assert again.stdout.count("exists (4 partitions)") == 5
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:

@@ -1,7 +1,8 @@
-{{/* Deployment of one Kafka consumer (call with dict "root" $ "component" "bridge"|"writer"|"labels"). */}}
+{{/* Deployment of one Kafka consumer (call with dict "root" $ "component" "bridge"|"writer"|"labels"; the shadow writer adds "values" .Values.writer "command" "writer" "configMap" "writer" "env" (list of name/value overrides)). */}}
 {{- define "fraudstream.consumerDeployment" -}}
 {{- $root := .root }}
-{{- $values := index $root.Values .component }}
+{{- $values := .values | default (index $root.Values .component) }}
+{{- $command := .command | default .component }}
 {{- $partitions := int $root.Values.kafka.topics.partitions }}
 {{- if gt (int $values.replicaCount) $partitions }}
 {{- fail (printf "%s.replicaCount (%d) is more than kafka.topics.partitions (%d): the extra consumers would sit idle" .component (int $values.replicaCount) $partitions) }}
@@ -56,19 +57,22 @@ spec:
           image: {{ include "fraudstream.image" (dict "root" $root "image" $root.Values.images.consumers) | quote }}
           imagePullPolicy: {{ $root.Values.images.pullPolicy }}
           command: ["fraudstream"]
-          args: {{ ternary (list "labels" "consume") (list .component) (eq .component "labels") | toJson }}
+          args: {{ ternary (list "labels" "consume") (list $command) (eq $command "labels") | toJson }}
           ports:
             - name: metrics
               containerPort: {{ $values.metricsPort }}
               protocol: TCP
           envFrom:
             - configMapRef:
-                name: {{ include "fraudstream.componentName" . }}
-          {{- $database := has .component (list "writer" "labels") }}
-          {{- if or $database $values.extraEnv }}
+                name: {{ include "fraudstream.componentName" (dict "root" $root "component" (.configMap | default .component)) }}
+          {{- $database := has $command (list "writer" "labels") }}
+          {{- if or $database $values.extraEnv .env }}
           env:
             {{- if $database }}
             {{- include "fraudstream.databaseEnv" $root | nindent 12 }}
+            {{- end }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}

@@ -119,6 +119,7 @@ app.kubernetes.io/component: {{ .component }}
 KAFKA_BOOTSTRAP_SERVERS: {{ .Values.kafka.bootstrapServers | quote }}
 TOPIC_TRANSACTIONS: {{ .Values.kafka.topics.transactions | quote }}
 TOPIC_SCORING: {{ .Values.kafka.topics.scoring | quote }}
+TOPIC_SCORING_SHADOW: {{ .Values.kafka.topics.scoringShadow | quote }}
 TOPIC_DLQ: {{ .Values.kafka.topics.dlq | quote }}
 TOPIC_LABELS: {{ .Values.kafka.topics.labels | quote }}
 TOPIC_PARTITIONS: {{ .Values.kafka.topics.partitions | quote }}
