@@ -17,6 +17,10 @@ A ratio whose denominator is 0 has no value (``None``: no series on ``/metrics``
 report), never a division error. ``fraudstream labels consume`` refreshes the gauges every
 ``QUALITY_REFRESH_S`` (:class:`QualityRefresher`); ``fraudstream report --since 7d`` prints the
 same figures as a table (``--json``: as JSON).
+
+With a challenger in shadow (:mod:`fraudstream.shadow`), the same refresh compares it with the
+champion on the labelled transactions both scored (``fraudstream_quality_shadow_*{role}``), and
+``fraudstream report --shadow`` prints that comparison below the table.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import re
 import sys
 import threading
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -175,6 +179,52 @@ class QualityGauges:
         self.refreshed.set_to_current_time()
 
 
+class ShadowQualityGauges:
+    """``fraudstream_quality_shadow_*{role}``: the champion and the challenger on the same
+    labelled transactions (:func:`fraudstream.shadow.compare`), so the model dashboard can put
+    them side by side. No series while there is nothing to compare (no challenger)."""
+
+    # gauge name -> field of fraudstream.shadow.ModelQuality
+    RATES = {
+        "recall": "recall",
+        "false_positive_rate": "fpr",
+        "precision": "precision",
+        "pr_auc": "pr_auc",
+    }
+
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Gauge
+
+        reg = registry if registry is not None else REGISTRY
+        self.gauges = {
+            name: Gauge(
+                f"fraudstream_quality_shadow_{name}",
+                f"{name} at the model's operating threshold, on the labelled transactions both"
+                " the champion and the challenger scored in the quality window",
+                ["role"],
+                registry=reg,
+            )
+            for name in self.RATES
+        }
+        self.compared = Gauge(
+            "fraudstream_quality_shadow_labelled_transactions",
+            "labelled transactions both the champion and the challenger scored in the window",
+            registry=reg,
+        )
+
+    def update(self, comparison: Any) -> None:
+        for role in ("champion", "challenger"):
+            model = getattr(comparison, role)
+            for name, field in self.RATES.items():
+                value = getattr(model, field)
+                if value is None:
+                    with contextlib.suppress(KeyError):  # no series to remove
+                        self.gauges[name].remove(role)
+                else:
+                    self.gauges[name].labels(role).set(value)
+        self.compared.set(comparison.champion.transactions)
+
+
 class QualityRefresher:
     """A thread that computes the quality every ``interval_s`` seconds into
     :class:`QualityGauges` on its own connection; a failed refresh is logged and tried again at
@@ -189,12 +239,14 @@ class QualityRefresher:
         max_rows: int,
         interval_s: float,
         gauges: QualityGauges | None = None,
+        shadow_gauges: ShadowQualityGauges | None = None,
     ) -> None:
         self.dsn = dsn
         self.window_s = window_s
         self.max_rows = max_rows
         self.interval_s = interval_s
         self.gauges = gauges or QualityGauges()
+        self.shadow_gauges = shadow_gauges or ShadowQualityGauges()
         self.stop = threading.Event()
         self.conn: Any = None
         self.thread = threading.Thread(target=self._loop, name="quality", daemon=True)
@@ -205,11 +257,14 @@ class QualityRefresher:
 
     def refresh(self) -> list[Quality]:
         from fraudstream.database import connect
+        from fraudstream.shadow import compare
 
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.dsn, application_name="fraudstream-quality")
         qualities = query_quality(self.conn, self.window_s, self.max_rows)
         self.gauges.update(qualities)
+        since = datetime.now(UTC) - timedelta(seconds=self.window_s)
+        self.shadow_gauges.update(compare(self.conn, since, max_rows=self.max_rows))
         return qualities
 
     def _loop(self) -> None:
@@ -251,7 +306,7 @@ def parse_since(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
 
 
-def _since(text: str) -> tuple[str, timedelta]:
+def parse_since_argument(text: str) -> tuple[str, timedelta]:
     try:
         return text.strip(), parse_since(text)
     except ValueError as err:
@@ -309,7 +364,7 @@ def format_report(qualities: list[Quality], since: str, max_rows: int) -> str:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since",
-        type=_since,
+        type=parse_since_argument,
         default=("7d", timedelta(days=7)),
         help="window of scored transactions, e.g. 30m, 12h, 7d (default: 7d)",
     )
@@ -319,7 +374,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="most labelled transactions counted (default: $QUALITY_MAX_ROWS, 1,000,000)",
     )
-    parser.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also compare the champion and the challenger on the same labelled transactions",
+    )
+    parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     parser.add_argument("--database-url", help="default: $DATABASE_URL")
 
 
@@ -338,6 +398,11 @@ def run_report(args: argparse.Namespace) -> int:
         conn = connect(dsn, application_name="fraudstream-report")
         try:
             qualities = query_quality(conn, window.total_seconds(), max_rows)
+            shadow = None
+            if args.shadow:
+                from fraudstream.shadow import compare
+
+                shadow = compare(conn, datetime.now(UTC) - window, max_rows=max_rows)
         finally:
             conn.close()
     except psycopg2.Error as err:
@@ -345,7 +410,12 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"fraudstream report: {type(err).__name__}: {detail}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps([q.as_dict() for q in qualities], indent=2))
+        rows = [q.as_dict() for q in qualities]
+        print(
+            json.dumps({"quality": rows, "shadow": shadow.as_dict()} if shadow else rows, indent=2)
+        )
     else:
         print(format_report(qualities, since, max_rows))
+        if shadow is not None:
+            print(f"\nchampion vs challenger, {shadow.table()}")
     return 0

@@ -36,7 +36,6 @@ import argparse
 import json
 import logging
 import queue
-import re
 import sys
 import threading
 import time
@@ -45,6 +44,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from fraudstream.quality import parse_since_argument
 
 log = logging.getLogger(__name__)
 
@@ -322,17 +323,23 @@ SELECT c.score, c.fraud_flag, c.model_version, s.score, s.fraud_flag, s.model_ve
 FROM scores c
 JOIN scores_shadow s ON s.transaction_id = c.transaction_id
 JOIN labels l ON l.transaction_id = c.transaction_id
-WHERE c.scored_at >= %s AND c.scored_at < %s AND l.is_fraud IS NOT NULL
+WHERE c.scored_at >= %(since)s AND c.scored_at < %(until)s AND l.is_fraud IS NOT NULL
+ORDER BY c.scored_at DESC
+LIMIT %(max_rows)s
 """
 
 
-def compare(conn: Any, since: datetime, until: datetime | None = None) -> ShadowComparison:
+def compare(
+    conn: Any, since: datetime, until: datetime | None = None, max_rows: int | None = None
+) -> ShadowComparison:
     """Champion (``scores``) and challenger (``scores_shadow``) on the transactions both scored
-    and that have a label (``labels``), the champion having scored them in [since, until)."""
+    and that have a label (``labels``), the champion having scored them in [since, until); the
+    ``max_rows`` most recently scored at most (all when None)."""
     until = until or datetime.now(UTC)
     with conn.cursor() as cur:
-        cur.execute(COMPARE_SQL, (since, until))
+        cur.execute(COMPARE_SQL, {"since": since, "until": until, "max_rows": max_rows})
         rows = cur.fetchall()
+    conn.rollback()  # end the read-only transaction: no snapshot held
     labels = [bool(r[6]) for r in rows]
     champion = quality([r[0] for r in rows], [r[1] for r in rows], labels, [r[2] for r in rows])
     challenger = quality([r[3] for r in rows], [r[4] for r in rows], labels, [r[5] for r in rows])
@@ -390,17 +397,6 @@ def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float 
 
 # --------------------------------------------------------------------------- command
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhm])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``7d``, ``24h``, ``30m``."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration like 7d, 24h or 30m: {text!r}")
-    value, unit = float(match.group(1)), match.group(2)
-    return timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[unit]: value})
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -409,7 +405,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="champion vs challenger on the same labelled transactions (recall, FPR, PR AUC)",
     )
     cmp.add_argument(
-        "--since", type=parse_duration, default=timedelta(days=7), help="window (default 7d)"
+        "--since",
+        type=parse_since_argument,
+        default=("7d", timedelta(days=7)),
+        help="window of scored transactions, e.g. 30m, 12h, 7d (default: 7d)",
     )
     cmp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cmp.add_argument("--database-url", help="default: $DATABASE_URL")
@@ -426,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         conn = connect(dsn, application_name="fraudstream-shadow")
         try:
-            result = compare(conn, datetime.now(UTC) - args.since)
+            result = compare(conn, datetime.now(UTC) - args.since[1])
         finally:
             conn.close()
     except psycopg2.Error as err:

@@ -247,3 +247,37 @@ def test_compare_champion_and_challenger_on_labelled_transactions(pg_url, capsys
     assert printed["champion"]["tp"] == 2 and printed["challenger"]["fp"] == 2
     assert main(["shadow", "compare", "--since", "2h", "--database-url", pg_url]) == 0
     assert "pr_auc" in capsys.readouterr().out
+
+    # the same comparison below `fraudstream report`, and as the model dashboard's gauges
+    assert main(["report", "--since", "7d", "--shadow", "--database-url", pg_url]) == 0
+    report = capsys.readouterr().out
+    assert "champion vs challenger" in report and "0.8333" in report and "0.7556" in report
+    assert main(["report", "--shadow", "--json", "--database-url", pg_url]) == 0
+    assert json.loads(capsys.readouterr().out)["shadow"]["challenger"]["tp"] == 2
+
+    from prometheus_client import CollectorRegistry
+
+    from fraudstream.quality import QualityGauges, QualityRefresher, ShadowQualityGauges
+
+    registry = CollectorRegistry()
+    refresher = QualityRefresher(
+        pg_url,
+        window_s=7 * 86400,
+        max_rows=1000,
+        interval_s=60,
+        gauges=QualityGauges(registry),
+        shadow_gauges=ShadowQualityGauges(registry),
+    )
+    try:
+        refresher.refresh()
+    finally:
+        refresher._close_connection()
+
+    def gauge(name: str, role: str) -> float | None:
+        return registry.get_sample_value(f"fraudstream_quality_shadow_{name}", {"role": role})
+
+    assert gauge("recall", "champion") == pytest.approx(2 / 3)
+    assert gauge("false_positive_rate", "challenger") == pytest.approx(2 / 5)
+    assert gauge("pr_auc", "champion") == pytest.approx(5 / 6)
+    assert gauge("pr_auc", "challenger") == pytest.approx(34 / 45)
+    assert registry.get_sample_value("fraudstream_quality_shadow_labelled_transactions") == 8
