@@ -194,8 +194,11 @@ def score_one(kube: Kube, report: Report) -> None:
 LOADTEST_SELECTOR = "app.kubernetes.io/component=loadtest"
 # runs whose gate is exactly-once storage, not latency: no latency limit, a long drain
 UNGATED = {"loadtest.e2eP99Ms": "100000000", "loadtest.drainSeconds": "300"}
-# gated runs set the chart's own limits again: `helm upgrade --reuse-values` would otherwise keep
-# an earlier ungated run's (e.g. `--only kafka` after an alert run in a kept cluster)
+# gated runs set the chart's own limits again: `helm upgrade --reset-then-reuse-values` would
+# otherwise keep an earlier ungated run's (e.g. `--only kafka` after an alert run in a kept
+# cluster). That flag (helm 3.14+), not --reuse-values: it takes the chart's defaults for keys
+# the release was installed without (a release from an older chart has no `retrain` key, and
+# --reuse-values then fails on a nil pointer)
 _CHART_LOADTEST = yaml.safe_load((ROOT / "charts" / "fraudstream" / "values.yaml").read_text())
 GATED = {
     f"loadtest.{key}": str(_CHART_LOADTEST["loadtest"][key]) for key in ("e2eP99Ms", "drainSeconds")
@@ -257,7 +260,7 @@ def run_locust(
         "loadtest.runTime": run_time,
     }
     sets |= values
-    argv = ["upgrade", RELEASE, str(ROOT / "charts" / "fraudstream"), "--reuse-values"]
+    argv = ["upgrade", RELEASE, str(ROOT / "charts" / "fraudstream"), "--reset-then-reuse-values"]
     for k, v in sets.items():
         argv += ["--set-string" if k == "loadtest.runTime" else "--set", f"{k}={v}"]
     log(f"   locust {label}: {user_class}, {users} users, {rate}/s, {run_time}")
@@ -295,7 +298,7 @@ def loadtest_off(kube: Kube) -> None:
         "upgrade",
         RELEASE,
         str(ROOT / "charts" / "fraudstream"),
-        "--reuse-values",
+        "--reset-then-reuse-values",
         "--set",
         "loadtest.enabled=false",
         "--timeout",

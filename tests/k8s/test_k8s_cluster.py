@@ -190,7 +190,8 @@ def test_kafka_volume_holds_every_topic_at_its_size_limit() -> None:
         topics_env = {e["name"]: e.get("value") for e in containers(job)[0]["env"]}
         per_partition = int(topics_env["TOPIC_RETENTION_BYTES"])
         assert per_partition > 0, "a topic without a size limit outgrows the volume"
-        names = ("TOPIC_TRANSACTIONS", "TOPIC_SCORING", "TOPIC_DLQ", "TOPIC_LABELS")
+        names = ("TOPIC_TRANSACTIONS", "TOPIC_SCORING", "TOPIC_DLQ", "TOPIC_LABELS",
+                 "TOPIC_SCORING_SHADOW")  # fmt: skip
         topics = {topics_env[k] for k in names}
         partitions = len(topics) * int(topics_env["TOPIC_PARTITIONS"])
         # retention deletes whole closed segments: a partition holds up to one segment more
