@@ -1,7 +1,8 @@
 """The data contract: one typed ``Transaction`` (TETA-ML-1-2025 shape), shared by every component.
 
-See the README's data section for the Kaggle column mapping. Personal fields (names, street,
-home coordinates) are inputs for features only: never stored in result tables, never logged.
+See "Data and model" in this folder's README.md for the Kaggle column mapping. Personal fields
+(names, street, home coordinates) are inputs for features only: never stored in result tables,
+never logged.
 
 Everything the schema accepts must be something every component can handle: strings are bounded
 and free of control characters (psycopg2 cannot store a NUL; escapes corrupt terminals and

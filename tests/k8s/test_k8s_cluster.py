@@ -407,8 +407,8 @@ def test_kind_scale_down_shows_within_a_load_test_and_production_stays_calm() ->
 
 
 def test_kind_runs_one_bridge_within_the_partitions() -> None:
-    """One bridge handles 3,000 transactions/s (README): the kind setup runs one, and never
-    more bridges than partitions of the transactions topic."""
+    """One bridge handles 3,000 transactions/s (consumers/README.md): the kind setup runs one, and
+    never more bridges than partitions of the transactions topic."""
     kind = release_in(skaffold_with_profile("kind"), "fraudstream")
     objects = render(sets=skaffold_sets(kind))
     bridge = named(objects, "Deployment", "fraudstream-bridge")

@@ -243,7 +243,7 @@ def test_every_chart_command_runs_with_the_consumers_dependencies(consumers_venv
                            check=True)  # fmt: skip
         else:
             raise AssertionError(f"unchecked command {cmd}")
-    # the simulator runs there too (README: `fraudstream generate` in the bridge pod)
+    # the simulator runs there too (charts/README.md: `fraudstream generate` in the bridge pod)
     subprocess.run([str(bin_dir / "fraudstream"), "generate", "--help"], check=True,
                    capture_output=True)  # fmt: skip
 
