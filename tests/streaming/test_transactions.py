@@ -98,6 +98,20 @@ def runner_for(bootstrap: str, group: str, topics: dict[str, str], step: Copy) -
     )
 
 
+def run_until_processed(runner: Any, producer: Any, count: int, timeout: float, what: str) -> None:
+    """Run ``runner`` in a thread until it has processed ``count`` records, then stop it and
+    close ``producer``; the runner must have ended."""
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: runner.processed >= count, timeout, what=what)
+    finally:
+        runner.stop.set()
+        thread.join(30)
+        producer.close()
+    assert not thread.is_alive(), "the runner did not stop"
+
+
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
@@ -118,15 +132,7 @@ def test_a_batch_and_its_offsets_are_committed_in_one_transaction(kafka_bootstra
     plain_commits: list[Any] = []
     real_commit = runner.consumer.commit
     runner.consumer.commit = lambda *a, **k: (plain_commits.append(a), real_commit(*a, **k))
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: runner.processed >= len(values), 60, what="every input processed")
-    finally:
-        runner.stop.set()
-        thread.join(30)
-        producer.close()
-    assert not thread.is_alive()
+    run_until_processed(runner, producer, len(values), 60, "every input processed")
     assert plain_commits == [], "offsets of transactional batches committed outside them"
     assert committed_and_end(kafka_bootstrap, group, topics["transactions"]) == (250, 250)
     out = read_topic(kafka_bootstrap, topics["scoring"])
@@ -165,14 +171,7 @@ def test_an_aborted_batch_leaves_nothing_visible_and_its_offsets_uncommitted(
     # the next owner processes the batch again; readers see each record once
     producer = transactional_producer(kafka_bootstrap)
     again = runner_for(kafka_bootstrap, group, topics, Copy(producer, topics["scoring"]))
-    thread = threading.Thread(target=again.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: again.processed >= len(values), 60, what="the batch processed again")
-    finally:
-        again.stop.set()
-        thread.join(30)
-        producer.close()
+    run_until_processed(again, producer, len(values), 60, "the batch processed again")
     assert sorted(r.value for r in read_topic(kafka_bootstrap, topics["scoring"])) == sorted(values)
 
 
@@ -203,15 +202,7 @@ def test_a_transaction_that_fails_to_commit_is_aborted_and_its_batch_read_again(
         real_commit()
 
     producer.commit_transaction = commit_once_failing
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: runner.processed >= len(values), 60, what="every input processed")
-    finally:
-        runner.stop.set()
-        thread.join(30)
-        producer.close()
-    assert not thread.is_alive()
+    run_until_processed(runner, producer, len(values), 60, "every input processed")
     assert failures == [] and step.sent > len(values)  # the failed batch was sent twice
     assert committed_and_end(kafka_bootstrap, group, topics["transactions"]) == (150, 150)
     assert sorted(r.value for r in read_topic(kafka_bootstrap, topics["scoring"])) == sorted(values)
@@ -262,15 +253,7 @@ def test_a_transaction_the_broker_aborted_on_its_timeout_is_started_over(
     runner.batch_size = len(values)
     runner.max_wait = 1.0
     first = producer.producer
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: runner.processed >= len(values), 90, what="every input processed")
-    finally:
-        runner.stop.set()
-        thread.join(30)
-        producer.close()
-    assert not thread.is_alive()
+    run_until_processed(runner, producer, len(values), 90, "every input processed")
     assert stalls == [] and producer.producer is not first  # a new producer took over
     assert committed_and_end(kafka_bootstrap, group, topics["transactions"]) == (40, 40)
     assert sorted(r.value for r in read_topic(kafka_bootstrap, topics["scoring"])) == sorted(values)
