@@ -86,6 +86,7 @@ class Artifact:
     build_command: str = ""  # custom build
     dockerfile: str = ""  # docker build
     build_args: dict[str, str] = field(default_factory=dict)
+    target: str = ""  # docker build --target
     buildkit: bool = False
     deps_command: str = ""  # custom build: prints its inputs as a JSON list
     deps_paths: list[str] = field(default_factory=list)  # custom build: globs of its inputs
@@ -135,6 +136,8 @@ class Artifact:
             env = {"IMAGE": ref, "BUILD_CONTEXT": str(self.context), "PUSH_IMAGE": "false"}
             return ["bash", "-c", self.build_command], env
         argv = ["docker", "build", "-f", str(self.context / self.dockerfile), "-t", ref]
+        if self.target:
+            argv += ["--target", self.target]
         for key, value in self.build_args.items():
             argv += ["--build-arg", f"{key}={value}"]
         env = {"DOCKER_BUILDKIT": "1" if self.buildkit else "0"}
@@ -166,6 +169,7 @@ def artifacts(config: dict, root: Path = ROOT) -> list[Artifact]:
                     context,
                     dockerfile=docker.get("dockerfile", "Dockerfile"),
                     build_args={k: str(v) for k, v in (docker.get("buildArgs") or {}).items()},
+                    target=docker.get("target", ""),
                     buildkit=buildkit,
                 )
             )

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 BOTH = "ScorerUser KafkaUser"
 ENABLED = ("loadtest.enabled=true", f"loadtest.userClasses={BOTH}", "loadtest.workers=3")
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
-DOCKERFILE = ROOT / "loadtest" / "Dockerfile"
+DOCKERFILE = ROOT / "consumers" / "Dockerfile"  # its `loadtest` target
 
 
 def loadtest_objects(sets: tuple[str, ...] = ENABLED, version: str = KUBE_VERSIONS[-1]):
@@ -243,4 +243,15 @@ def test_values_and_image_agree() -> None:
     sources, target = copied.group(0).split()[1:-1], copied.group(2)
     assert "loadtest/locustfile.py" in sources and "loadtest/gate.py" in sources
     assert target.rstrip("/") + "/locustfile.py" == "/app/loadtest/locustfile.py"
-    assert '".[loadtest]"' in dockerfile and "-c requirements.lock" in dockerfile
+    assert '".[${EXTRAS}]"' in dockerfile and "-c requirements.lock" in dockerfile
+    # skaffold builds that target with the loadtest extra
+    (artifact,) = [
+        a
+        for a in yaml.safe_load((ROOT / "skaffold.yaml").read_text())["build"]["artifacts"]
+        if a["image"] == values["images"]["loadtest"]["repository"]
+    ]
+    docker = artifact["docker"]
+    assert docker["dockerfile"] == "consumers/Dockerfile" and docker["target"] == "loadtest"
+    assert docker["buildArgs"] == {"EXTRAS": "loadtest"}
+    loadtest_stage = dockerfile.split("AS loadtest", 1)[1].split("\nFROM ", 1)[0]
+    assert "loadtest/locustfile.py" in loadtest_stage and f"USER {uid}:{uid}" in loadtest_stage
