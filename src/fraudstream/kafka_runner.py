@@ -85,6 +85,11 @@ def backoff_delays(initial: float = 0.1, cap: float = 10.0) -> Any:
 # --------------------------------------------------------------------------- metrics
 
 
+# seconds to insert (or upsert) and commit one batch in PostgreSQL: the writer's and the labels
+# consumer's fraudstream_<component>_db_write_seconds
+DB_WRITE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
 @dataclass
 class ConsumerMetrics:
     """Prometheus metrics every consumer exposes, named ``fraudstream_<component>_...``."""

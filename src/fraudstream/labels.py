@@ -109,11 +109,13 @@ class LabelMetrics:
     def create(cls, errors: Any) -> LabelMetrics:
         from prometheus_client import Counter, Histogram
 
+        from fraudstream.kafka_runner import DB_WRITE_BUCKETS
+
         return cls(
             db_write=Histogram(
                 "fraudstream_labels_db_write_seconds",
                 "time to upsert and commit one batch of labels",
-                buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                buckets=DB_WRITE_BUCKETS,
             ),
             rows_stored=Counter(
                 "fraudstream_labels_rows_stored",

@@ -71,11 +71,13 @@ class WriterMetrics:
     def create(cls, errors: Any) -> WriterMetrics:
         from prometheus_client import Counter, Histogram
 
+        from fraudstream.kafka_runner import DB_WRITE_BUCKETS
+
         return cls(
             db_write=Histogram(
                 "fraudstream_writer_db_write_seconds",
                 "time to insert and commit one batch",
-                buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                buckets=DB_WRITE_BUCKETS,
             ),
             rows_inserted=Counter("fraudstream_writer_rows_inserted", "new rows in scores"),
             rows_duplicate=Counter(
