@@ -30,6 +30,9 @@ the same class names as their master. Each user runs ``--rate-per-user`` (10) tr
   the moment the load test produced it (Kafka's record timestamp) to the writer's commit.
   Transactions acknowledged by Kafka but not stored ``--drain-s`` seconds (30) after the run are
   failures.
+  For ``--label-share`` (0.1) of the transactions it also sends their simulated label
+  (``{transaction_id, is_fraud, labelled_at, source: "loadtest"}``) to ``TOPIC_LABELS``, so the
+  labels consumer's live quality gauges (recall, false-positive rate, ...) have data.
 
 Payloads are simulated transactions (``fraudstream.simulator``, validated by the ``Transaction``
 schema and serialised by ``fraudstream.replay.transaction_message``), each sent with an id unique
@@ -46,6 +49,7 @@ the master's, over the statistics of all of them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -55,7 +59,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
 
@@ -116,6 +120,14 @@ def _options(parser: Any) -> None:
         help="ScorerUser reconnects this often, so new scorer pods get traffic (0: never)",
     )
     parser.add_argument(
+        "--label-share",
+        type=float,
+        default=0.1,
+        env_var="LOCUST_LABEL_SHARE",
+        help="KafkaUser: share of the sent transactions whose label (fraud or not) it also"
+        " sends to the labels topic, for the live quality gauges (0: none)",
+    )
+    parser.add_argument(
         "--result-file",
         default="",
         env_var="LOCUST_RESULT_FILE",
@@ -149,13 +161,16 @@ if not _is_worker():
 
 @cache
 def payloads(count: int = 10_000) -> list[tuple[bytes, bytes]]:
-    """(Kafka key, JSON after the id) of ``count`` simulated transactions, in time order."""
+    """(Kafka key, JSON after the id) of ``count`` simulated transactions, in time order; their
+    labels (fraud or not) are in :func:`frauds`."""
     from fraudstream.loader import to_transactions
     from fraudstream.replay import transaction_message
     from fraudstream.simulator import simulate
 
     frame = simulate(150, date(2020, 7, 1), date(2020, 9, 30), seed=5)
-    frame = frame.drop(columns=["target"]).sort_values("transaction_time").head(count)
+    frame = frame.sort_values("transaction_time").head(count)
+    _frauds[:] = [bool(v) for v in frame["target"]]
+    frame = frame.drop(columns=["target"])
     out = []
     for tx in to_transactions(frame):
         tx.transaction_id = ID_MARK
@@ -165,6 +180,9 @@ def payloads(count: int = 10_000) -> list[tuple[bytes, bytes]]:
             raise RuntimeError(f"transaction JSON no longer starts with its id: {value[:40]!r}")
         out.append((key, value[len(head) :]))
     return out
+
+
+_frauds: list[bool] = []  # the label of payloads()[i], filled with it
 
 
 # a master sends nothing itself: only the processes that run users build payloads (a few seconds
@@ -182,12 +200,12 @@ def id_prefix(run_id: str) -> str:
     return f"lt-{run_id}-"
 
 
-def next_transaction(environment: Any) -> tuple[str, bytes, bytes]:
-    """(transaction id, Kafka key, JSON value) of the next transaction to send."""
+def next_transaction(environment: Any) -> tuple[str, bytes, bytes, bool]:
+    """(transaction id, Kafka key, JSON value, is it fraud) of the next transaction to send."""
     n = next(COUNTER)
     key, rest = payloads()[n % len(payloads())]
     tid = f"{id_prefix(environment.parsed_options.run_id)}{PROCESS}-{n}"
-    return tid, key, ID_HEAD + tid.encode() + rest
+    return tid, key, ID_HEAD + tid.encode() + rest, _frauds[n % len(payloads())]
 
 
 # set on a worker when its master ends the run (see "the last figures" below): send nothing more
@@ -290,6 +308,8 @@ class KafkaUser(User):
         opts = self.environment.parsed_options
         self.pace = constant_throughput(opts.rate_per_user)
         self.topic = KafkaSettings().topic_transactions
+        self.labels_topic = KafkaSettings().topic_labels
+        self.label_share = opts.label_share
         self.producer = shared_producer()
         _start_phase(opts.rate_per_user)
 
@@ -300,7 +320,7 @@ class KafkaUser(User):
     def produce(self) -> None:
         if _paused.is_set():
             return
-        _tid, key, value = next_transaction(self.environment)
+        tid, key, value, fraud = next_transaction(self.environment)
         started = time.perf_counter()
         try:
             future = self.producer.send(self.topic, key=key, value=value)
@@ -309,6 +329,21 @@ class KafkaUser(User):
             return
         future.add_callback(lambda _metadata: self._report(started, len(value), None))
         future.add_errback(lambda err: self._report(started, len(value), err))
+        if random.random() < self.label_share:
+            self._label(tid, fraud)
+
+    def _label(self, tid: str, fraud: bool) -> None:
+        """The confirmed outcome of a sent transaction on the ``labels`` topic (best effort: a
+        lost label only makes the live quality's sample smaller)."""
+        from fraudstream.labels import Label
+
+        label = Label(
+            transaction_id=tid, is_fraud=fraud, labelled_at=datetime.now(UTC), source="loadtest"
+        )
+        with contextlib.suppress(Exception):
+            self.producer.send(
+                self.labels_topic, key=tid.encode(), value=label.model_dump_json().encode()
+            )
 
     def _report(self, started: float, size: int, error: Exception | None) -> None:
         self.environment.events.request.fire(

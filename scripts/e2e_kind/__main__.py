@@ -5,7 +5,8 @@ same builds and helm commands derived from skaffold.yaml), then checks: every po
 test`, one transaction scored through the scorer Service, Locust in the cluster at 400/s for 5
 minutes on the HTTP path and on the Kafka path, the scorer's HPA scaling out and back, every
 Prometheus target up, every dashboard panel and alert rule against the live Prometheus (and
-Grafana where installed), an alert provoked by scaling the writer to 0, and pods deleted under
+Grafana where installed), an alert provoked by scaling the writer to 0 (that run also has a
+challenger in shadow), and pods deleted under
 load (one scorer, the bridge, the writer, kafka-0) with every transaction stored exactly once.
 Prints one report (also in .run/e2e/) and exits 1 if any gate failed.
 """
@@ -194,6 +195,10 @@ def score_one(kube: Kube, report: Report) -> None:
 LOADTEST_SELECTOR = "app.kubernetes.io/component=loadtest"
 # runs whose gate is exactly-once storage, not latency: no latency limit, a long drain
 UNGATED = {"loadtest.e2eP99Ms": "100000000", "loadtest.drainSeconds": "300"}
+# the alert run (50/s) also has a challenger in shadow (the champion's model), so the model
+# dashboard's shadow panels get data; the other runs are measured without it
+SHADOW_ON = {"challenger.enabled": "true"}
+SHADOW_OFF = {"challenger.enabled": "false"}
 # gated runs set the chart's own limits again: `helm upgrade --reset-then-reuse-values` would
 # otherwise keep an earlier ungated run's (e.g. `--only kafka` after an alert run in a kept
 # cluster). That flag (helm 3.14+), not --reuse-values: it takes the chart's defaults for keys
@@ -202,7 +207,7 @@ UNGATED = {"loadtest.e2eP99Ms": "100000000", "loadtest.drainSeconds": "300"}
 _CHART_LOADTEST = yaml.safe_load((ROOT / "charts" / "fraudstream" / "values.yaml").read_text())
 GATED = {
     f"loadtest.{key}": str(_CHART_LOADTEST["loadtest"][key]) for key in ("e2eP99Ms", "drainSeconds")
-}
+} | SHADOW_OFF
 
 
 class HpaWatch(threading.Thread):
@@ -439,14 +444,7 @@ def provoke_alert(kube: Kube, prom: Prometheus, report: Report, args: argparse.N
     watcher.start()
     run_time = f"{args.alert_timeout + 90}s"
     try:
-        result = run_locust(
-            kube,
-            "alert",
-            "KafkaUser",
-            50,
-            run_time,
-            UNGATED,
-        )
+        result = run_locust(kube, "alert", "KafkaUser", 50, run_time, UNGATED | SHADOW_ON)
     finally:
         watcher.join()
         kube.kubectl("scale", "deploy/fraudstream-writer", "--replicas=1")
@@ -504,7 +502,7 @@ def chaos(kube: Kube, report: Report, args: argparse.Namespace) -> None:
         "KafkaUser",
         args.rate,
         args.chaos_duration,
-        UNGATED,
+        UNGATED | SHADOW_OFF,
     )
     for t in threads:
         t.join()
