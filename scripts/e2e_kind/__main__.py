@@ -14,6 +14,7 @@ Prints one report (also in .run/e2e/) and exits 1 if any gate failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -211,44 +212,53 @@ GATED = {
 
 
 class HpaWatch(threading.Thread):
-    """Samples the scorer HPA (replicas, CPU) every few seconds until stopped."""
+    """Samples the scorer HPA (replicas, CPU) and its Deployment's Ready pods every few seconds
+    until stopped. Ready pods are what counts: a replica the HPA asked for can stay Pending (no
+    room on the node) and never take a request."""
 
     def __init__(self, kube: Kube, name: str = "fraudstream-scorer") -> None:
         super().__init__(daemon=True)
         self.kube, self.name = kube, name
-        self.samples: list[tuple[float, int, int, str]] = []
+        self.samples: list[tuple[float, int, int, int, str]] = []  # t, replicas, desired, ready
         self.started = time.monotonic()
         self.stop = threading.Event()
 
-    def sample(self) -> tuple[int, int, str]:
-        hpa = self.kube.json("get", "hpa", self.name)
-        status = hpa.get("status", {})
+    def sample(self) -> tuple[int, int, int, str]:
+        status = self.kube.json("get", "hpa", self.name).get("status", {})
+        ready = self.kube.json("get", "deployment", self.name).get("status", {})
         cpu = "?"
         for m in status.get("currentMetrics") or []:
             if m.get("type") == "Resource":
                 cpu = f"{m['resource']['current'].get('averageUtilization', '?')}%"
-        return status.get("currentReplicas", 0), status.get("desiredReplicas", 0), cpu
+        return (
+            status.get("currentReplicas", 0),
+            status.get("desiredReplicas", 0),
+            ready.get("readyReplicas", 0),
+            cpu,
+        )
 
     def run(self) -> None:
         while not self.stop.is_set():
-            try:
-                current, desired, cpu = self.sample()
-                self.samples.append((time.monotonic() - self.started, current, desired, cpu))
-            except StepError:
-                pass
+            with contextlib.suppress(StepError):
+                self.samples.append((time.monotonic() - self.started, *self.sample()))
             self.stop.wait(5)
 
     def timeline(self) -> list[str]:
         """Changes of replicas (and one line a minute), as t+seconds."""
         lines, last, last_t = [], None, -60.0
-        for t, current, desired, cpu in self.samples:
-            if (current, desired) != last or t - last_t >= 60:
-                lines.append(f"t+{t:5.0f}s  replicas {current}  desired {desired}  cpu {cpu}")
-                last, last_t = (current, desired), t
+        for t, current, desired, ready, cpu in self.samples:
+            if (current, desired, ready) != last or t - last_t >= 60:
+                lines.append(
+                    f"t+{t:5.0f}s  replicas {current}  desired {desired}  ready {ready}  cpu {cpu}"
+                )
+                last, last_t = (current, desired, ready), t
         return lines
 
-    def peak(self) -> int:
-        return max((s[1] for s in self.samples), default=0)
+    def peak_ready(self) -> int:
+        return max((s[3] for s in self.samples), default=0)
+
+    def ready_now(self) -> int | None:
+        return self.samples[-1][3] if self.samples else None
 
 
 def run_locust(
@@ -355,18 +365,18 @@ def http_load(kube: Kube, report: Report, args: argparse.Namespace) -> None:
         hpa_min = kube.json("get", "hpa", "fraudstream-scorer")["spec"].get("minReplicas", 1)
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
-            if hpa.samples and hpa.samples[-1][1] <= hpa_min:
+            if hpa.samples and hpa.samples[-1][1] <= hpa_min and hpa.ready_now() == hpa_min:
                 break
             time.sleep(10)
     finally:
         hpa.stop.set()
         hpa.join()
     report.add("scorer HPA replica timeline", hpa.timeline())
-    back = bool(hpa.samples) and hpa.samples[-1][1] <= hpa_min
+    back = hpa.ready_now() == hpa_min and hpa.samples[-1][1] <= hpa_min
     report.gate(
         "HPA scales out and back",
-        hpa.peak() >= 2 and back,
-        f"1 -> peak {hpa.peak()} -> {hpa.samples[-1][1] if hpa.samples else '?'} replicas",
+        hpa.peak_ready() >= 2 and back,
+        f"{hpa_min} -> peak {hpa.peak_ready()} Ready -> {hpa.ready_now()} Ready scorer pods",
     )
 
 
