@@ -139,6 +139,19 @@ def deploy_with_skaffold(kube: Kube, report: Report) -> None:
             capture=False,
             echo=True,
         )
+    # skaffold labels every pod template with its run id (skaffold.dev/run-id); the load tests'
+    # `helm upgrade` renders the templates without it, which rolls every Deployment. Do that
+    # once now, so no load test starts on pods that are being replaced.
+    with report.step("helm upgrade (without skaffold's labels)"):
+        kube.helm(
+            "upgrade",
+            RELEASE,
+            str(ROOT / "charts" / "fraudstream"),
+            "--reset-then-reuse-values",
+            "--wait",
+            "--timeout",
+            "10m",
+        )
 
 
 def wait_pods(kube: Kube, report: Report) -> None:

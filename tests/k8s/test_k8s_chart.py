@@ -1118,3 +1118,24 @@ def test_challenger_in_shadow_is_off_by_default_and_reuses_the_scorer_template()
     job = named(on, "Job", "fraudstream-topics")
     names = {e["name"] for e in containers(job)[0]["env"]}
     assert "TOPIC_SCORING_SHADOW" in names
+
+
+def _config_checksums(sets: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        for d in by_kind(render(sets=sets), "Deployment")
+    }
+
+
+def test_a_component_restarts_for_its_own_settings_only() -> None:
+    """Each pod's checksum/config covers its own ConfigMap: enabling the challenger (which
+    changes the bridge's settings) restarts the bridge, not the champion scorer, the writer, the
+    labels consumer or the UI; a scorer setting restarts the scorer only."""
+    base = _config_checksums()
+    shadow = _config_checksums(("challenger.enabled=true",))
+    changed = {name for name in base if base[name] != shadow[name]}
+    assert changed == {"fraudstream-bridge"}, changed
+    # the shadow writer runs on the writer's ConfigMap, so it has the writer's checksum
+    assert shadow["fraudstream-writer-shadow"] == shadow["fraudstream-writer"]
+    tuned = _config_checksums(("scorer.modelTag=fraud-model:other",))
+    assert {name for name in base if base[name] != tuned[name]} == {"fraudstream-scorer"}

@@ -173,3 +173,22 @@ topologySpreadConstraints:
 {{- define "fraudstream.modelsClaim" -}}
 {{- .Values.retrain.persistence.existingClaim | default (printf "%s-models" (include "fraudstream.fullname" .)) }}
 {{- end }}
+
+{{/*
+Checksum of one component's own ConfigMap (dict "root" $ "component" NAME), for its pods'
+checksum/config annotation: a component restarts when its settings change, not when another
+component's do (enabling the challenger changes the bridge's ConfigMap, not the scorer's).
+*/}}
+{{- define "fraudstream.configChecksum" -}}
+{{- $name := include "fraudstream.componentName" . -}}
+{{- $mine := "" -}}
+{{- range splitList "\n---\n" (include (print .root.Template.BasePath "/configmap.yaml") .root) -}}
+{{- if contains (printf "\n  name: %s\n" $name) . -}}
+{{- $mine = . -}}
+{{- end -}}
+{{- end -}}
+{{- if not $mine -}}
+{{- fail (printf "no ConfigMap named %s in configmap.yaml" $name) -}}
+{{- end -}}
+{{- $mine | sha256sum -}}
+{{- end -}}
