@@ -253,7 +253,7 @@ class ScorerUser(FastHttpUser):
         if self.recycle_s > 0 and time.monotonic() >= self.reconnect_at:
             self.client.client.close()  # the next request connects again through the Service
             self.reconnect_at = time.monotonic() + self.recycle_s
-        _tid, _key, body = next_transaction(self.environment)
+        _tid, _key, body, _fraud = next_transaction(self.environment)
         with self.client.post(
             "/score",
             data=body,
