@@ -256,3 +256,19 @@ def test_step_keeps_the_latest_label_of_a_batch_and_dead_letters_the_bad_ones():
     assert dead["headers"]["error_type"] == b"invalid"
     assert dead["headers"]["error"].startswith(b"is_fraud:")
     assert dead["headers"]["source_offset"] == b"3"
+
+
+# a port where nothing listens: the connection is refused at once
+UNREACHABLE = "postgresql://fraudstream@127.0.0.1:1/fraudstream?connect_timeout=2"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["report"], ["report", "--shadow"], ["shadow", "compare"], ["scores", "prune"],
+     ["history", "prune"]],
+)  # fmt: skip
+def test_a_database_that_cannot_be_reached_is_one_clear_line_and_exit_1(command, capsys):
+    assert main([*command, "--database-url", UNREACHABLE]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    name = " ".join(c for c in command if not c.startswith("--"))
+    assert err[-1].startswith(f"fraudstream {name}: OperationalError: "), err

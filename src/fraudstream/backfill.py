@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     logs = LogSettings()
     setup_logging(logs.log_level, logs.log_format)
-    from fraudstream.database import database_url
+    from fraudstream.database import database_error, database_url
 
     dsn = database_url(args.database_url, "history backfill")
     if not dsn:
@@ -159,9 +159,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except psycopg2.Error as err:
-        detail = (str(err).strip().splitlines() or [""])[0]
-        print(f"fraudstream history backfill: {type(err).__name__}: {detail}", file=sys.stderr)
-        return 1
+        return database_error("history backfill", err)
     for line in result.errors[:5]:
         print(f"  {line}", file=sys.stderr)
     print(result, flush=True)

@@ -33,6 +33,17 @@ def database_url(given: str | None, command: str) -> str:
     return dsn
 
 
+def database_error(command: str, err: Exception) -> int:
+    """Tell the user on stderr that ``fraudstream command`` failed on the database (the error's
+    class and first line: PostgreSQL's messages name objects, not row values); exit code 1."""
+    import sys
+
+    text = str(err).strip()
+    detail = text.splitlines()[0] if text else ""
+    print(f"fraudstream {command}: {type(err).__name__}: {detail}", file=sys.stderr)
+    return 1
+
+
 def connection_options(
     dsn: str,
     settings: DatabaseSettings | None = None,

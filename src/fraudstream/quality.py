@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import re
-import sys
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -386,7 +385,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from fraudstream.database import connect, database_url
+    from fraudstream.database import connect, database_error, database_url
     from fraudstream.settings import LabelsSettings
 
     dsn = database_url(args.database_url, "report")
@@ -406,9 +405,7 @@ def run_report(args: argparse.Namespace) -> int:
         finally:
             conn.close()
     except psycopg2.Error as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"fraudstream report: {type(err).__name__}: {detail}", file=sys.stderr)
-        return 1
+        return database_error("report", err)
     if args.json:
         rows = [q.as_dict() for q in qualities]
         print(

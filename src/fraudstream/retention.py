@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,14 +249,14 @@ def _setup(args: argparse.Namespace, command: str) -> str:
 def _run_prune(command: str, prune: Callable[[str], list[PruneResult]], dsn: str) -> int:
     import psycopg2
 
+    from fraudstream.database import database_error
+
     if not dsn:
         return 2
     try:
         results = prune(dsn)
     except psycopg2.Error as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"fraudstream {command}: {type(err).__name__}: {detail}", file=sys.stderr)
-        return 1
+        return database_error(command, err)
     for result in results:
         print(result, flush=True)
     return 0

@@ -36,7 +36,6 @@ import argparse
 import json
 import logging
 import queue
-import sys
 import threading
 import time
 import zlib
@@ -417,7 +416,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from fraudstream.database import connect, database_url
+    from fraudstream.database import connect, database_error, database_url
 
     dsn = database_url(args.database_url, "shadow compare")
     if not dsn:
@@ -429,8 +428,6 @@ def run(args: argparse.Namespace) -> int:
         finally:
             conn.close()
     except psycopg2.Error as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"fraudstream shadow compare: {type(err).__name__}: {detail}", file=sys.stderr)
-        return 1
+        return database_error("shadow compare", err)
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
     return 0
