@@ -13,7 +13,7 @@ import pytest
 from streaming.stub_scorer import serve
 
 from fraudstream.scored_transaction import ScoredTransaction
-from fraudstream.shadow import ShadowScorer, parse_duration
+from fraudstream.shadow import ShadowScorer
 
 
 class FakeFuture:
@@ -116,10 +116,3 @@ def test_a_broken_challenger_loses_batches_never_time(config: dict, reasons: set
     assert reasons <= lost <= reasons | {"queue_full", "shutdown"}, shadow.dropped
     assert sum(shadow.dropped.values()) == batches * 10, shadow.dropped
 
-
-def test_parse_duration() -> None:
-    assert parse_duration("7d").days == 7
-    assert parse_duration("24h").total_seconds() == 86400
-    assert parse_duration("30m").total_seconds() == 1800
-    with pytest.raises(Exception, match="duration"):
-        parse_duration("7 days")
