@@ -115,4 +115,3 @@ def test_a_broken_challenger_loses_batches_never_time(config: dict, reasons: set
     lost = {reason for reason, count in shadow.dropped.items() if count}
     assert reasons <= lost <= reasons | {"queue_full", "shutdown"}, shadow.dropped
     assert sum(shadow.dropped.values()) == batches * 10, shadow.dropped
-
