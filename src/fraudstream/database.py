@@ -11,7 +11,8 @@ defaults (``?connect_timeout=1``, ``options=-c lock_timeout=500``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fraudstream.settings import DatabaseSettings
 
@@ -104,3 +105,27 @@ def connect(
         application_name=application_name,
     )
     return psycopg2.connect(dsn, **options)
+
+
+T = TypeVar("T")
+
+
+def read_for_command(
+    given: str | None, command: str, application_name: str, read: Callable[[Any], T]
+) -> tuple[int, T | None]:
+    """For a command that reads the database once: ``(0, read(connection))``, or the exit code
+    and None after telling the user why (no database: 2, :func:`database_url`; a database
+    error: 1, :func:`database_error`). The connection is closed either way."""
+    import psycopg2
+
+    dsn = database_url(given, command)
+    if not dsn:
+        return 2, None
+    try:
+        conn = connect(dsn, application_name=application_name)
+        try:
+            return 0, read(conn)
+        finally:
+            conn.close()
+    except psycopg2.Error as err:
+        return database_error(command, err), None

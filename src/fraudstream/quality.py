@@ -383,29 +383,24 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    import psycopg2
-
-    from fraudstream.database import connect, database_error, database_url
+    from fraudstream.database import read_for_command
     from fraudstream.settings import LabelsSettings
 
-    dsn = database_url(args.database_url, "report")
-    if not dsn:
-        return 2
     since, window = args.since
     max_rows = args.max_rows or LabelsSettings().quality_max_rows
-    try:
-        conn = connect(dsn, application_name="fraudstream-report")
-        try:
-            qualities = query_quality(conn, window.total_seconds(), max_rows)
-            shadow = None
-            if args.shadow:
-                from fraudstream.shadow import compare
 
-                shadow = compare(conn, datetime.now(UTC) - window, max_rows=max_rows)
-        finally:
-            conn.close()
-    except psycopg2.Error as err:
-        return database_error("report", err)
+    def read(conn: Any) -> tuple[list[Quality], Any]:
+        qualities = query_quality(conn, window.total_seconds(), max_rows)
+        if not args.shadow:
+            return qualities, None
+        from fraudstream.shadow import compare
+
+        return qualities, compare(conn, datetime.now(UTC) - window, max_rows=max_rows)
+
+    code, result = read_for_command(args.database_url, "report", "fraudstream-report", read)
+    if result is None:
+        return code
+    qualities, shadow = result
     if args.json:
         rows = [q.as_dict() for q in qualities]
         print(

@@ -414,20 +414,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import psycopg2
+    from fraudstream.database import read_for_command
 
-    from fraudstream.database import connect, database_error, database_url
-
-    dsn = database_url(args.database_url, "shadow compare")
-    if not dsn:
-        return 2
-    try:
-        conn = connect(dsn, application_name="fraudstream-shadow")
-        try:
-            result = compare(conn, datetime.now(UTC) - args.since[1])
-        finally:
-            conn.close()
-    except psycopg2.Error as err:
-        return database_error("shadow compare", err)
+    code, result = read_for_command(
+        args.database_url,
+        "shadow compare",
+        "fraudstream-shadow",
+        lambda conn: compare(conn, datetime.now(UTC) - args.since[1]),
+    )
+    if result is None:
+        return code
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
     return 0
