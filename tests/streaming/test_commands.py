@@ -59,8 +59,10 @@ def test_topics_create_is_idempotent_with_explicit_partitions_and_retention(
         admin.close()
 
 
-def test_the_scores_table_is_the_result_contract_without_personal_data(pg_url):
-    """The migration's ``scores`` columns are the fields of :class:`ScoredTransaction` in order,
+@pytest.mark.parametrize("table", ["scores", "scores_shadow"])
+def test_the_scores_table_is_the_result_contract_without_personal_data(pg_url, table):
+    """The migrations' ``scores`` columns, and those of the challenger's ``scores_shadow``
+    (written by the same writer), are the fields of :class:`ScoredTransaction` in order,
     between PostgreSQL's row id and ``written_at``; only the fields that may be None are
     nullable."""
     from fraudstream.migrations import migrate
@@ -69,8 +71,9 @@ def test_the_scores_table_is_the_result_contract_without_personal_data(pg_url):
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT column_name, is_nullable = 'YES' FROM information_schema.columns "
-            "WHERE table_name = 'scores' AND table_schema = current_schema() "
-            "ORDER BY ordinal_position"
+            "WHERE table_name = %s AND table_schema = current_schema() "
+            "ORDER BY ordinal_position",
+            (table,),
         )
         columns = dict(cur.fetchall())
     assert tuple(columns) == TABLE_COLUMNS
