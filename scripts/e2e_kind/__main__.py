@@ -143,15 +143,16 @@ def deploy_with_skaffold(kube: Kube, report: Report) -> None:
     # `helm upgrade` renders the templates without it, which rolls every Deployment. Do that
     # once now, so no load test starts on pods that are being replaced.
     with report.step("helm upgrade (without skaffold's labels)"):
-        kube.helm(
-            "upgrade",
-            RELEASE,
-            str(ROOT / "charts" / "fraudstream"),
-            "--reset-then-reuse-values",
-            "--wait",
-            "--timeout",
-            "10m",
-        )
+        upgrade_release(kube, {}, "--wait")
+
+
+def upgrade_release(kube: Kube, sets: dict[str, str], *flags: str) -> None:
+    """`helm upgrade` of the fraudstream release with its values and ``sets`` on top (values
+    named *runTime* as strings: "5m" is not a number)."""
+    argv = ["upgrade", RELEASE, str(ROOT / "charts" / "fraudstream"), "--reset-then-reuse-values"]
+    for k, v in sets.items():
+        argv += ["--set-string" if k.endswith("runTime") else "--set", f"{k}={v}"]
+    kube.helm(*argv, *flags, "--timeout", "10m")
 
 
 def wait_pods(kube: Kube, report: Report) -> None:
@@ -287,12 +288,8 @@ def run_locust(
         "loadtest.spawnRate": str(users),
         "loadtest.runTime": run_time,
     }
-    sets |= values
-    argv = ["upgrade", RELEASE, str(ROOT / "charts" / "fraudstream"), "--reset-then-reuse-values"]
-    for k, v in sets.items():
-        argv += ["--set-string" if k == "loadtest.runTime" else "--set", f"{k}={v}"]
     log(f"   locust {label}: {user_class}, {users} users, {rate}/s, {run_time}")
-    kube.helm(*argv, "--timeout", "10m")
+    upgrade_release(kube, sets | values)
     job = master_job(kube)
     deadline = time.monotonic() + to_seconds(run_time) + 900
     while True:
@@ -322,16 +319,7 @@ def master_job(kube: Kube) -> str:
 
 def loadtest_off(kube: Kube) -> None:
     kube.kubectl("delete", "job", "-l", LOADTEST_SELECTOR, "--ignore-not-found")
-    kube.helm(
-        "upgrade",
-        RELEASE,
-        str(ROOT / "charts" / "fraudstream"),
-        "--reset-then-reuse-values",
-        "--set",
-        "loadtest.enabled=false",
-        "--timeout",
-        "10m",
-    )
+    upgrade_release(kube, {"loadtest.enabled": "false"})
 
 
 def to_seconds(text: str) -> int:
